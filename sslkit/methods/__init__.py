@@ -1,0 +1,16 @@
+"""Training methods plugged into the one trainer through the :class:`Method` protocol."""
+from .base import Method
+from .supervised import Supervised
+
+METHODS = {"supervised": Supervised}
+
+
+def get_method(name: str, **kwargs) -> Method:
+    """Build a method by name (as used in notebook parameters and sweeps)."""
+    try:
+        return METHODS[name](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}") from None
+
+
+__all__ = ["Method", "Supervised", "METHODS", "get_method"]

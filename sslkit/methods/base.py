@@ -1,0 +1,53 @@
+"""The Method protocol: what a training step computes and what happens between epochs.
+
+The trainer (sslkit.trainer.fit) owns devices, optimisation, evaluation, checkpoints and records;
+a method only sees a ``batch`` and a ``ctx`` (see :class:`sslkit.trainer.Context`).
+
+``batch["labeled"]`` holds ``input_ids``, ``attention_mask``, ``labels`` and ``idx`` (the global
+example index, stable under shuffling and across processes); ``batch["unlabeled"]`` holds the same
+keys without ``labels`` for methods with ``uses_unlabeled = True`` (else it is None).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Method:
+    """Base class: override :meth:`loss`; the hooks default to doing nothing."""
+
+    name = "method"
+    uses_unlabeled = False
+
+    def setup(self, ctx: Any) -> None:
+        """Called once before training (e.g. build an EMA teacher, allocate per-example state)."""
+
+    def loss(self, batch: dict, ctx: Any) -> dict[str, torch.Tensor]:
+        """Return {"loss": total, ...parts}; every part is logged."""
+        raise NotImplementedError
+
+    def after_step(self, ctx: Any) -> None:
+        """Called after each optimiser step (e.g. EMA update, threshold update)."""
+
+    def after_epoch(self, ctx: Any) -> dict:
+        """Called after each epoch, before evaluation; returns loggable stats."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Per-run state that must survive a resume (tensors, counters)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def config(self) -> dict:
+        """The method's knobs, recorded in config.json."""
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}} \
+            if hasattr(self, "__dataclass_fields__") else {"name": self.name}
+
+
+
+

@@ -1,0 +1,315 @@
+"""Figures for the book: each function takes results and returns a matplotlib ``Figure``.
+
+No function calls ``plt.show()``; figures are left open so a notebook cell displays the
+returned figure (close them with ``plt.close(fig)`` in loops). Single-panel functions accept
+``ax=`` to draw into an existing axes. Nothing here imports the rest of sslkit.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+__all__ = [
+    "plot_class_histogram",
+    "plot_text_lengths",
+    "plot_budget_split",
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_metric_bars",
+]
+
+
+def _fig_ax(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """A new figure + axes, or the root figure of the given axes."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        return fig, ax
+    try:
+        fig = ax.get_figure(root=True)  # matplotlib >= 3.10
+    except TypeError:
+        fig = ax.figure
+    return fig, ax
+
+
+def _tick_fontsize(n: int) -> float:
+    """Smaller tick labels as the number of categories grows."""
+    if n <= 20:
+        return 9.0
+    return max(6.0, 9.0 - (n - 20) / 20.0)
+
+
+def plot_class_histogram(
+    counts: Mapping[str, int] | pd.Series,
+    title: str | None = None,
+    top: int | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Bar chart of examples per class, sorted descending (``top`` keeps the N largest)."""
+    s = counts if isinstance(counts, pd.Series) else pd.Series(dict(counts))
+    s = s.astype("float64").sort_values(ascending=False, kind="stable")
+    s.index = [str(i) for i in s.index]
+    n_classes = len(s)
+    total = int(s.sum())
+    ratio = float(s.max() / s.min()) if n_classes and s.min() > 0 else float("nan")
+    if top is not None:
+        s = s.iloc[: int(top)]
+    n = len(s)
+    fig, ax = _fig_ax(ax, (min(20.0, max(6.0, 0.2 * n)), 4.0))
+    x = np.arange(n)
+    bars = ax.bar(x, s.to_numpy(), color="tab:blue")
+    ax.set_xticks(x)
+    ax.set_xticklabels(s.index, rotation=90 if n > 8 else 0, fontsize=_tick_fontsize(n))
+    ax.set_xlim(-0.6, n - 0.4 if n else 0.6)
+    ax.set_ylabel("examples")
+    if 0 < n <= 20:
+        ax.bar_label(bars, fmt="%d", fontsize=8)
+    if title is None:
+        title = f"Examples per class (n={total}, {n_classes} classes"
+        title += f", max/min={ratio:.1f})" if np.isfinite(ratio) else ")"
+        if n < n_classes:
+            title += f" — top {n} of {n_classes}"
+    ax.set_title(title)
+    return fig
+
+
+def plot_text_lengths(
+    lengths_by_split: Mapping[str, Sequence[int]],
+    unit: str = "words",
+    title: str | None = None,
+    bins: int = 40,
+    ax: Axes | None = None,
+) -> Figure:
+    """Overlaid length histograms, one per split, on shared bins; legend shows medians."""
+    fig, ax = _fig_ax(ax, (7.0, 4.0))
+    data = {k: np.asarray(v, dtype=float) for k, v in lengths_by_split.items() if len(v)}
+    if data:
+        all_vals = np.concatenate(list(data.values()))
+        edges = np.histogram_bin_edges(all_vals, bins=bins)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (split, vals) in enumerate(data.items()):
+            c = colors[i % len(colors)]
+            ax.hist(vals, bins=edges, alpha=0.45, color=c, histtype="stepfilled",
+                    label=f"{split} (n={len(vals)}, median={np.median(vals):.0f})")
+            ax.axvline(float(np.median(vals)), color=c, linestyle="--", linewidth=1)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no texts", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"length ({unit})")
+    ax.set_ylabel("examples")
+    ax.set_title(title or f"Text length per split ({unit})")
+    return fig
+
+
+def plot_budget_split(
+    n_labeled_per_class: Sequence[int],
+    n_pool_per_class: Sequence[int],
+    label_names: Sequence[str],
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Stacked bars per class: labeled budget (bottom) and unlabeled pool (top)."""
+    lab = np.asarray(n_labeled_per_class, dtype=float)
+    pool = np.asarray(n_pool_per_class, dtype=float)
+    names = [str(x) for x in label_names]
+    if not (len(lab) == len(pool) == len(names)):
+        raise ValueError(
+            f"lengths differ: labeled={len(lab)}, pool={len(pool)}, label_names={len(names)}"
+        )
+    n = len(names)
+    fig, ax = _fig_ax(ax, (min(20.0, max(6.0, 0.2 * n)), 4.0))
+    x = np.arange(n)
+    ax.bar(x, lab, color="tab:orange", label=f"labeled ({int(lab.sum())})")
+    ax.bar(x, pool, bottom=lab, color="tab:gray", alpha=0.6,
+           label=f"unlabeled pool ({int(pool.sum())})")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90 if n > 8 else 0, fontsize=_tick_fontsize(n))
+    ax.set_xlim(-0.6, n - 0.4 if n else 0.6)
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    if title is None:
+        tot = lab.sum() + pool.sum()
+        share = 100.0 * lab.sum() / tot if tot else float("nan")
+        title = f"Label budget: {int(lab.sum())} labeled of {int(tot)} ({share:.1f}%)"
+    ax.set_title(title)
+    return fig
+
+
+def _most_confused(cm: np.ndarray, k: int) -> np.ndarray:
+    """Indices (in class order) of the k classes with the most off-diagonal mass (row + col)."""
+    off = cm.astype(float).copy()
+    np.fill_diagonal(off, 0.0)
+    mass = off.sum(axis=1) + off.sum(axis=0)
+    order = np.argsort(-mass, kind="stable")[:k]
+    return np.sort(order)
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    label_names: Sequence[str],
+    normalize: bool = True,
+    max_classes: int = 30,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Heatmap of a confusion matrix (rows = true, cols = predicted).
+
+    ``normalize`` divides each row by its total (rate per true class, computed on the full
+    matrix). With more than ``max_classes`` classes, only the ``max_classes`` classes with the
+    largest off-diagonal counts (errors as true + as predicted class) are shown; the title says so.
+    """
+    import seaborn as sns  # lazy: seaborn is slow to import and only needed here
+
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"cm must be square, got shape {cm.shape}")
+    names = [str(x) for x in label_names]
+    k_all = cm.shape[0]
+    if len(names) != k_all:
+        raise ValueError(f"{len(names)} label names for a {k_all}x{k_all} matrix")
+    data = cm.astype(float)
+    if normalize:
+        rows = data.sum(axis=1, keepdims=True)
+        data = np.divide(data, rows, out=np.zeros_like(data), where=rows > 0)
+    subset = k_all > max_classes
+    idx = _most_confused(cm, max_classes) if subset else np.arange(k_all)
+    data = data[np.ix_(idx, idx)]
+    shown = [names[i] for i in idx]
+    k = len(idx)
+    side = min(16.0, max(4.5, 0.35 * k + 2.0))
+    fig, ax = _fig_ax(ax, (side + 1.0, side))
+    annot = k <= 12
+    if normalize:
+        fmt = ".2f"
+    else:
+        fmt = "d" if np.allclose(data, np.round(data)) else ".2f"
+        if fmt == "d":
+            data = np.round(data).astype(np.int64)
+    sns.heatmap(
+        data, ax=ax, cmap="Blues", square=True, annot=annot, fmt=fmt,
+        annot_kws={"fontsize": 7},
+        vmin=0.0, vmax=1.0 if normalize else None,
+        xticklabels=shown, yticklabels=shown,
+        cbar_kws={"label": "row rate" if normalize else "count", "shrink": 0.8},
+    )
+    fs = _tick_fontsize(k)
+    ax.tick_params(axis="x", labelrotation=90, labelsize=fs)
+    ax.tick_params(axis="y", labelrotation=0, labelsize=fs)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title is None:
+        title = "Confusion matrix" + (" (row-normalised)" if normalize else "")
+    if subset:
+        title += f" — {k} most-confused of {k_all} classes"
+    ax.set_title(title)
+    return fig
+
+
+def _history_frame(history: pd.DataFrame | Sequence[Mapping]) -> pd.DataFrame:
+    if isinstance(history, pd.DataFrame):
+        return history.copy()
+    return pd.DataFrame(list(history))
+
+
+def plot_learning_curves(
+    history: pd.DataFrame | Sequence[Mapping],
+    title: str | None = None,
+) -> Figure:
+    """Two panels from ``metrics.jsonl`` rows: training loss vs step, dev metrics vs epoch.
+
+    Loss is ``train_loss`` (or ``loss``); dev metrics are ``dev_accuracy`` / ``dev_macro_f1``.
+    Only rows holding a value are drawn; a panel with nothing to draw says so.
+    """
+    df = _history_frame(history)
+    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(11.0, 4.0), layout="constrained")
+
+    loss_col = next((c for c in ("train_loss", "loss") if c in df.columns), None)
+    if loss_col is not None:
+        x_col = "step" if "step" in df.columns else None
+        sub = df[[loss_col] + ([x_col] if x_col else [])].apply(pd.to_numeric, errors="coerce")
+        sub = sub.dropna()
+        x = sub[x_col] if x_col else sub.index
+        if len(sub):
+            ax_loss.plot(x.to_numpy(), sub[loss_col].to_numpy(), color="tab:blue",
+                         linewidth=1, label=loss_col)
+            ax_loss.legend(fontsize=8)
+        ax_loss.set_xlabel("step" if x_col else "row")
+    if loss_col is None or not ax_loss.lines:
+        ax_loss.text(0.5, 0.5, "no training loss logged", ha="center", va="center",
+                     transform=ax_loss.transAxes)
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("Training loss")
+
+    x_col = next((c for c in ("epoch", "step") if c in df.columns), None)
+    for col, label, color in (("dev_accuracy", "dev accuracy", "tab:green"),
+                              ("dev_macro_f1", "dev macro-F1", "tab:purple")):
+        if col not in df.columns:
+            continue
+        sub = df[[col] + ([x_col] if x_col else [])].apply(pd.to_numeric, errors="coerce")
+        sub = sub.dropna()
+        if not len(sub):
+            continue
+        x = sub[x_col] if x_col else pd.Series(np.arange(len(sub)))
+        ax_dev.plot(x.to_numpy(), sub[col].to_numpy(), marker="o", color=color, label=label)
+    if ax_dev.lines:
+        ax_dev.legend(fontsize=8)
+        xs = np.concatenate([np.asarray(ln.get_xdata(), dtype=float) for ln in ax_dev.lines])
+        if np.allclose(xs, np.round(xs)):
+            ax_dev.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax_dev.text(0.5, 0.5, "no dev metrics logged", ha="center", va="center",
+                    transform=ax_dev.transAxes)
+    ax_dev.set_xlabel(x_col or "evaluation")
+    ax_dev.set_ylabel("score")
+    ax_dev.set_title("Dev metrics")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_metric_bars(
+    table: pd.DataFrame,
+    metric: str = "accuracy",
+    label_col: str = "model",
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Horizontal bars of ``metric`` per ``label_col`` value, best on top, with value labels.
+
+    Repeated labels (e.g. several seeds) are averaged and drawn with a ±1 std error bar.
+    """
+    for col in (metric, label_col):
+        if col not in table.columns:
+            raise KeyError(f"column {col!r} not in table (columns: {list(table.columns)})")
+    df = table[[label_col, metric]].copy()
+    df[metric] = pd.to_numeric(df[metric], errors="coerce")
+    df = df.dropna(subset=[metric])
+    df[label_col] = df[label_col].astype(str)
+    agg = df.groupby(label_col, sort=False)[metric].agg(["mean", "std", "count"])
+    agg = agg.sort_values("mean", ascending=True, kind="stable")  # barh draws bottom-up
+    n = len(agg)
+    fig, ax = _fig_ax(ax, (7.0, max(2.5, 0.45 * n + 1.2)))
+    y = np.arange(n)
+    xerr = agg["std"].where(agg["count"] > 1).to_numpy(dtype=float)  # NaN: no error bar
+    has_err = bool(np.isfinite(xerr).any())
+    bars = ax.barh(y, agg["mean"].to_numpy(), xerr=xerr if has_err else None,
+                   color="tab:blue", alpha=0.8, capsize=3)
+    labels = [
+        f"{m:.3f} ± {s:.3f}" if c > 1 else f"{m:.3f}"
+        for m, s, c in zip(agg["mean"], agg["std"].fillna(0.0), agg["count"])
+    ]
+    if n:
+        ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
+        hi = float(np.nanmax(agg["mean"].to_numpy() + np.nan_to_num(xerr)))
+        ax.set_xlim(0.0, hi * 1.2 if hi > 0 else 1.0)
+    ax.set_yticks(y)
+    ax.set_yticklabels(agg.index.tolist(), fontsize=_tick_fontsize(n))
+    ax.set_xlabel(metric)
+    ax.set_title(title or f"{metric} by {label_col}")
+    return fig

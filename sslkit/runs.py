@@ -1,0 +1,144 @@
+"""Run records on disk: reports/runs/<run_id>/{config.json, metrics.jsonl, summary.json, ...}.
+
+Every file is written atomically (temporary file in the same folder, then ``os.replace``), so an
+interrupted run never leaves half a JSON file. :func:`load_runs` turns all summaries into one
+DataFrame; the index page and the ablation notebook are built from it, never from typed numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+
+def reports_dir(path: str | os.PathLike | None = None) -> Path:
+    """The reports folder: the argument, else $SSLKIT_REPORTS, else ./reports."""
+    return Path(path or os.environ.get("SSLKIT_REPORTS") or "reports")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _default(obj: Any):
+    import numpy as np
+
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=_default)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, to_json(obj) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def config_hash(config: dict, length: int = 8) -> str:
+    """A short stable hash of a JSON-serialisable config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=_default, ensure_ascii=False)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:length]
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl (one JSON object per line); flushed after every line."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=_default, ensure_ascii=False) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a crash: ignore, it is re-logged on resume
+                    continue
+        return rows
+
+    def truncate_after(self, epoch: int) -> None:
+        """Keep only lines of epochs <= ``epoch`` (used when resuming from an epoch checkpoint)."""
+        rows = [r for r in self.read() if r.get("epoch", 0) <= epoch]
+        atomic_write_text(self.path, "".join(json.dumps(r, default=_default, ensure_ascii=False) + "\n"
+                                             for r in rows))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """metrics.jsonl of one run as a DataFrame."""
+    return pd.DataFrame(MetricsLog(Path(run_dir) / "metrics.jsonl").read())
+
+
+def flatten(obj: dict, prefix: str = "") -> dict:
+    """{"test": {"accuracy": 0.9}} -> {"test.accuracy": 0.9}."""
+    out: dict = {}
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def iter_run_dirs(root: str | os.PathLike | None = None) -> Iterable[Path]:
+    runs = reports_dir(root) / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(p for p in runs.iterdir() if (p / "summary.json").is_file())
+
+
+def load_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """One row per finished run (every reports/runs/*/summary.json), with flattened columns such as
+    ``test.accuracy``, ``test.macro_f1``, ``dev.macro_f1``, ``minutes`` and the run's ``run_dir``."""
+    rows = []
+    for run_dir in iter_run_dirs(root):
+        try:
+            summary = read_json(run_dir / "summary.json")
+        except (OSError, json.JSONDecodeError):
+            continue
+        flat = flatten(summary)
+        flat["run_dir"] = str(run_dir)
+        rows.append(flat)
+    columns = ["run_id", "notebook", "dataset", "budget", "method", "backbone", "seed",
+               "test.accuracy", "test.macro_f1", "minutes"]
+    if not rows:
+        return pd.DataFrame(columns=columns + ["run_dir"])
+    df = pd.DataFrame(rows)
+    first = [c for c in columns if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]
