@@ -250,7 +250,11 @@ class Backbone(nn.Module):
 def _load_base(path: Path, dtype: torch.dtype | None):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except ValueError as err:  # a model_type transformers itself does not know
+        raise ValueError(f"backbone {str(path)!r}: unsupported config.json ({err})") from err
+    _kind(config.model_type)  # fail with a clear message before loading any weights
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModel.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,149 @@
+"""The one training loop: determinism, resume, the run record, checkpoint reload, early stopping."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import sslkit
+from sslkit.backbone import embed, load_saved_backbone
+from sslkit.losses import classification_loss, focal_loss
+from sslkit.methods import Supervised
+from sslkit.runs import load_runs
+from sslkit.trainer import LAST_STATE, fit
+
+FAST = dict(epochs=2, batch_size=16, eval_batch_size=64, progress=False, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def budget():
+    data = sslkit.load_dataset("mcid").subsample(train=96, dev=48, test=48, seed=0)
+    return sslkit.split_budget(data, labeled=0.5, seed=0)
+
+
+def _model(budget, **kw):
+    return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32, **kw)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_focal_loss_matches_hand_computation():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    target = torch.tensor([0, 2])
+    gamma, alpha = 2.0, [0.25, 0.5, 0.75]
+    expected = []
+    for row, t in zip(logits.tolist(), target.tolist()):
+        z = np.exp(np.array(row) - max(row))
+        p = z / z.sum()
+        expected.append(alpha[t] * (1 - p[t]) ** gamma * -np.log(p[t]))
+    got = focal_loss(logits, target, gamma=gamma, alpha=alpha)
+    assert got.item() == pytest.approx(np.mean(expected), rel=1e-6)
+
+
+def test_focal_loss_reduces_to_cross_entropy_and_smoothing():
+    torch.manual_seed(0)
+    logits, target = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    ce = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    assert focal_loss(logits, target, gamma=0.0, label_smoothing=0.1).item() == pytest.approx(ce.item(), rel=1e-6)
+    assert classification_loss(logits, target, label_smoothing=0.1).item() == pytest.approx(ce.item(), rel=1e-6)
+    # focusing: easy examples are down-weighted, so focal < CE
+    assert classification_loss(logits, target, focal_gamma=2.0).item() < classification_loss(logits, target).item()
+    with pytest.raises(ValueError, match="3 weights for 5 classes"):
+        focal_loss(logits, target, alpha=[1.0, 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- fit
+def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, tmp_path):
+    run_dir = tmp_path / "run"
+    result = fit(_model(budget), budget, Supervised(), run_dir=str(run_dir), **FAST)
+    for name in ("config.json", "metrics.jsonl", "summary.json", "predictions.csv", "checkpoint"):
+        assert (run_dir / name).exists(), name
+    assert not (run_dir / LAST_STATE).exists()  # finished runs drop their epoch checkpoint
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["seed"] == 0 and "torch" in config["versions"]
+    assert summary["test"]["n"] == len(budget.test)
+    assert 0.0 <= summary["test"]["accuracy"] <= 1.0
+    history = result.history
+    assert history["dev_macro_f1"].notna().sum() == FAST["epochs"]
+    assert history["train_loss"].notna().sum() >= 2
+
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    gold_acc = (preds["gold"] == preds["pred"]).mean()
+    assert gold_acc == pytest.approx(summary["test"]["accuracy"])
+
+    reloaded = load_saved_backbone(run_dir / "checkpoint")
+    assert reloaded.info.label_names == budget.label_names
+    _, logits = embed(reloaded, budget.test.texts, return_logits=True)
+    acc = float((logits.argmax(1) == budget.test.labels).mean())
+    assert acc == summary["test"]["accuracy"]  # exactly, not approximately
+
+
+def test_same_seed_same_metrics_other_seed_differs(budget, tmp_path):
+    a = fit(_model(budget), budget, run_dir=str(tmp_path / "a"), **FAST)
+    b = fit(_model(budget), budget, run_dir=str(tmp_path / "b"), **FAST)
+    assert a.summary["dev"] == b.summary["dev"] and a.summary["test"] == b.summary["test"]
+    assert a.history["train_loss"].dropna().tolist() == b.history["train_loss"].dropna().tolist()
+    c = fit(_model(budget, seed=1), budget, run_dir=str(tmp_path / "c"), **{**FAST, "seed": 1})
+    assert c.history["train_loss"].dropna().tolist() != a.history["train_loss"].dropna().tolist()
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@dataclass
+class _StopsInEpoch2(Supervised):
+    """Supervised, but dies at the first step of epoch 2 (after epoch 1 was checkpointed)."""
+
+    name = "supervised"
+
+    def after_step(self, ctx) -> None:
+        if ctx.epoch == 2:
+            raise Interrupted("simulated crash")
+
+
+def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(budget, tmp_path):
+    full = fit(_model(budget), budget, run_dir=str(tmp_path / "full"), **FAST)
+
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        fit(_model(budget), budget, _StopsInEpoch2(), run_dir=str(run_dir), **FAST)
+    assert (run_dir / LAST_STATE).exists()
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = fit(_model(budget), budget, Supervised(), run_dir=str(run_dir), **FAST)
+    assert resumed.summary["test"] == full.summary["test"]
+    assert resumed.summary["dev"] == full.summary["dev"]
+    # the log holds each epoch once, as if the run had never stopped
+    assert resumed.history["dev_macro_f1"].dropna().tolist() == full.history["dev_macro_f1"].dropna().tolist()
+
+
+def test_focal_and_early_stopping_options(budget, tmp_path):
+    res = fit(_model(budget), budget, run_dir=str(tmp_path / "f"),
+              **{**FAST, "epochs": 4, "focal_gamma": 2.0, "label_smoothing": 0.1, "early_stopping": 1,
+                 "lr": 0.0, "head_lr": 0.0, "warmup_ratio": 0.0})
+    # with a zero learning rate the dev score never improves after epoch 1: stop after epoch 2
+    assert res.summary["stopped_early"] and res.summary["epochs_run"] == 2
+    assert res.summary["best_epoch"] == 1
+    cfg = json.loads((tmp_path / "f" / "config.json").read_text())
+    assert cfg["train"]["focal_gamma"] == 2.0
+
+
+def test_unknown_option_is_refused(budget):
+    with pytest.raises(TypeError, match="unknown training options"):
+        fit(_model(budget), budget, epocs=3)
+
+
+def test_load_runs_reads_summaries(budget, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLKIT_REPORTS", str(tmp_path))
+    res = fit(_model(budget), budget, **{**FAST, "epochs": 1, "save_checkpoint": False})
+    assert res.run_dir.parent == tmp_path / "runs"
+    df = load_runs(tmp_path)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["test.accuracy"] == res.summary["test"]["accuracy"]
+    assert row["method"] == "supervised" and row["dataset"] == budget.dataset
