@@ -22,7 +22,7 @@ import pandas as pd
 
 __all__ = [
     "UNLABELED", "DataError", "TextDataset", "DatasetSplits", "Budget",
-    "dataset_names", "load_dataset", "split_budget",
+    "dataset_names", "load_dataset", "split_budget", "describe_splits", "text_lengths",
 ]
 
 UNLABELED = -1
@@ -174,7 +174,7 @@ class Budget:
 
 
 @dataclass
-class _Table:
+class Table:
     """Raw string columns of one file, and the number the user sees for each row."""
 
     path: Path
@@ -193,7 +193,7 @@ class _Table:
         return self.frame[col].tolist()
 
 
-def _decode(path: Path) -> str:
+def decode_text(path: Path) -> str:
     data = path.read_bytes()
     if not data.strip():
         raise DataError(f"{path}: the file is empty")
@@ -213,7 +213,7 @@ def _clean(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _read_table(path: Path, sheet: str | int | None = None) -> _Table:
+def read_table(path: Path, sheet: str | int | None = None) -> Table:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     ext = path.suffix.lower()
@@ -233,7 +233,7 @@ def _read_table(path: Path, sheet: str | int | None = None) -> _Table:
         except Exception as e:  # not a zip / not a workbook
             raise DataError(f"{path}: could not read as .xlsx ({type(e).__name__}: {e})") from None
     else:
-        text = _decode(path)
+        text = decode_text(path)
         try:  # header=None: a row with more fields than the header is an error, never an index
             raw = pd.read_csv(io.StringIO(text), sep="\t" if ext == ".tsv" else ",", dtype=str,
                               keep_default_na=False, skip_blank_lines=False, header=None)
@@ -251,12 +251,12 @@ def _read_table(path: Path, sheet: str | int | None = None) -> _Table:
         raise DataError(f"{path}: the file is empty")
     if len(frame) == 0:
         raise DataError(f"{path}: a header row but no data rows")
-    return _Table(path, frame, [i + 2 for i in range(len(frame))], "row")
+    return Table(path, frame, [i + 2 for i in range(len(frame))], "row")
 
 
-def _read_jsonl(path: Path) -> _Table:
+def _read_jsonl(path: Path) -> Table:
     records, lines = [], []
-    for n, line in enumerate(_decode(path).splitlines(), start=1):
+    for n, line in enumerate(decode_text(path).splitlines(), start=1):
         if not line.strip():
             continue  # a blank line holds no record
         try:
@@ -272,7 +272,7 @@ def _read_jsonl(path: Path) -> _Table:
             rec[key] = "" if v is None else v if isinstance(v, str) else json.dumps(v)
         records.append(rec)
         lines.append(n)
-    return _Table(path, _clean(pd.DataFrame.from_records(records)), lines, "line")
+    return Table(path, _clean(pd.DataFrame.from_records(records)), lines, "line")
 
 
 def _label_sort_key(labels: list[str]):
@@ -284,7 +284,7 @@ def _label_sort_key(labels: list[str]):
         return lambda s: s
 
 
-def _parse(table: _Table, text_col: str, label_col: str, id_col: str | None):
+def _parse(table: Table, text_col: str, label_col: str, id_col: str | None):
     """-> texts, label strings ("" = unlabeled), ids; checks text and ids."""
     texts = table.column(text_col, "text")
     labels = [s.strip() for s in table.column(label_col, "label")]
@@ -309,7 +309,7 @@ def _parse(table: _Table, text_col: str, label_col: str, id_col: str | None):
     return texts, labels, ids
 
 
-def _dataset(table: _Table, texts, labels, ids, label_names, label_col, name) -> TextDataset:
+def _dataset(table: Table, texts, labels, ids, label_names, label_col, name) -> TextDataset:
     index = {s: k for k, s in enumerate(label_names)}
     y = np.full(len(texts), UNLABELED, dtype=np.int64)
     for i, s in enumerate(labels):
@@ -328,7 +328,7 @@ def _load_files(name: str, files: dict[str, Path | None], text_col: str, label_c
     parsed = {}
     for split, path in files.items():
         if path is not None:
-            table = _read_table(Path(path), sheet)
+            table = read_table(Path(path), sheet)
             parsed[split] = (table, *_parse(table, text_col, label_col, id_col))
     train_labels = sorted({s for s in parsed["train"][2] if s})
     label_names = sorted(train_labels, key=_label_sort_key(train_labels))
@@ -460,3 +460,36 @@ def split_budget(data: DatasetSplits, labeled: float | None = None, per_class: i
         test=data.test, label_names=data.label_names, unlabeled_gold=gold, seed=seed,
         labeled_fraction=labeled, per_class=per_class,
     )
+
+
+# --------------------------------------------------------------------------- dataset card
+
+
+def text_lengths(ds: TextDataset, unit: str = "words") -> np.ndarray:
+    """Length of every text in whitespace-separated words or in characters (``unit="chars"``)."""
+    if unit == "chars":
+        return np.array([len(t) for t in ds.texts])
+    if unit == "words":
+        return np.array([len(t.split()) for t in ds.texts])
+    raise ValueError(f"unit must be 'words' or 'chars', got {unit!r}")
+
+
+def describe_splits(data: DatasetSplits) -> pd.DataFrame:
+    """One row per split: examples, labeled, classes present, and text length statistics."""
+    rows = []
+    for split in ("train", "dev", "test"):
+        ds = getattr(data, split)
+        if ds is None:
+            continue
+        words, chars = text_lengths(ds, "words"), text_lengths(ds, "chars")
+        counts = ds.label_counts()
+        present = counts[counts > 0]
+        rows.append({
+            "split": split, "examples": len(ds), "labeled": int((ds.labels >= 0).sum()),
+            "classes": int(len(present)),
+            "min per class": int(present.min()) if len(present) else 0,
+            "max per class": int(present.max()) if len(present) else 0,
+            "median words": float(np.median(words)), "max words": int(words.max()),
+            "median chars": float(np.median(chars)),
+        })
+    return pd.DataFrame(rows).set_index("split")

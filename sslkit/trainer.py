@@ -127,6 +127,10 @@ class RunResult:
     def dev(self) -> dict:
         return self.summary.get("dev", {})
 
+    def predictions(self) -> pd.DataFrame:
+        """Test predictions of the best checkpoint: id, text, gold, pred, confidence."""
+        return pd.read_csv(self.run_dir / "predictions.csv", keep_default_na=False)
+
 
 # --------------------------------------------------------------------------- data plumbing
 class _Tokenized(torch.utils.data.Dataset):

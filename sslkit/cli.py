@@ -1,0 +1,286 @@
+"""The ``sslkit`` command line.
+
+    sslkit run 01_supervised -p dataset hwu64 -p labeled 0.05   # one notebook -> reports/*.html
+    sslkit book -p seed 1 --only 00_data,01_supervised           # the book, in order, + index
+    sslkit index                                                 # rebuild reports/index.html
+    sslkit predict reports/runs/<run_id> new.csv                 # new.predictions.csv
+
+Exit codes: 0 done, 1 a notebook failed (its partial HTML is written), 2 bad input (message on
+stderr, no traceback). Heavy imports (torch, papermill) happen inside the subcommands.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["main", "predict_file", "build_parser"]
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def _default_output(file: Path) -> Path:
+    return file.with_name(f"{file.stem}.predictions{file.suffix}")
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    from .backbone import SAVE_CONFIG
+
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir}: run folder not found")
+    if (run_dir / "checkpoint" / SAVE_CONFIG).is_file():
+        return run_dir / "checkpoint"
+    if (run_dir / SAVE_CONFIG).is_file():  # the checkpoint folder itself
+        return run_dir
+    raise ValueError(f"{run_dir}: no checkpoint/{SAVE_CONFIG} (was the run trained with "
+                     "save_checkpoint=False?)")
+
+
+def _write_table(frame, records: list[dict] | None, output: Path) -> None:
+    """Write the predictions file atomically in the format of ``output``'s suffix."""
+    ext = output.suffix.lower()
+    from .runs import atomic_write_text
+
+    if ext in (".csv", ".tsv"):
+        atomic_write_text(output, frame.to_csv(index=False, sep="\t" if ext == ".tsv" else ","))
+    elif ext == ".jsonl":
+        rows = records if records is not None else frame.to_dict(orient="records")
+        atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                          for r in rows))
+    elif ext == ".xlsx":
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".xlsx")
+        os.close(fd)
+        try:
+            frame.to_excel(tmp, index=False, engine="openpyxl")
+            os.replace(tmp, output)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    else:  # checked before the model loads
+        raise ValueError(f"{output}: unsupported output type '{output.suffix}'")
+
+
+def predict_file(
+    run_dir: str | os.PathLike,
+    file: str | os.PathLike,
+    text_col: str = "text",
+    output: str | os.PathLike | None = None,
+    batch_size: int = 128,
+    device: str | None = None,
+) -> Path:
+    """Label a CSV / TSV / XLSX / JSONL file with the checkpoint of a finished run.
+
+    Writes the input's rows, in order, plus ``pred_label`` (the label name) and
+    ``pred_confidence`` (the largest softmax probability) to ``output`` (default
+    ``<stem>.predictions<suffix>`` beside the file; its suffix picks the format). The input is
+    never overwritten. ``device``: default CUDA when available, else CPU. Returns the output path.
+    """
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from .backbone import load_saved_backbone
+    from .data import EXTENSIONS, DataError, read_table
+    from .trainer import predict_logits
+
+    file = Path(file)
+    ckpt = _checkpoint_dir(Path(run_dir))
+    out = Path(output) if output is not None else _default_output(file)
+    if out.suffix.lower() not in EXTENSIONS:
+        raise ValueError(f"{out}: unsupported output type '{out.suffix}'; use one of "
+                         f"{', '.join(EXTENSIONS)}")
+    if file.exists() and out.resolve() == file.resolve():
+        raise ValueError(f"{out}: the output would overwrite the input file; choose another --output")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+
+    table = read_table(file)  # DataError naming file / column / row (same rules as load_dataset)
+    texts = table.column(text_col, "text")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        more = f" ({len(empty)} such rows in all)" if len(empty) > 1 else ""
+        raise DataError(f"{table.where(empty[0], text_col)}: the text is empty{more}")
+
+    # The rows to write: keep the file's own values (strings for CSV/TSV, typed cells for XLSX,
+    # the original objects for JSONL) so the output differs from the input only by the new columns.
+    records: list[dict] | None = None
+    frame = table.frame
+    ext = file.suffix.lower()
+    if ext == ".xlsx":
+        typed = pd.read_excel(file, sheet_name=0, engine="openpyxl")
+        typed.columns = [str(c).strip() for c in typed.columns]
+        if len(typed) == len(frame) and list(typed.columns) == list(frame.columns):
+            frame = typed
+    elif ext == ".jsonl":
+        from .data import decode_text
+
+        records = [json.loads(line) for line in decode_text(file).splitlines() if line.strip()]
+        if len(records) != len(frame):  # pragma: no cover - same parse as read_table
+            records = None
+
+    model = load_saved_backbone(ckpt)
+    names = list(model.info.label_names or [str(i) for i in range(model.num_labels)])
+    if len(names) != model.num_labels:
+        raise ValueError(f"{ckpt}: {len(names)} label names for {model.num_labels} classes")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev)
+    logits = predict_logits(model, texts, batch_size=batch_size)
+    probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+    pred = probs.argmax(1)
+    labels = [names[k] for k in pred]
+    conf = probs.max(1).astype(np.float64)
+
+    frame = frame.copy()
+    frame["pred_label"] = labels
+    frame["pred_confidence"] = conf
+    if records is not None and out.suffix.lower() == ".jsonl":
+        records = [{**r, "pred_label": lab, "pred_confidence": float(c)}
+                   for r, lab, c in zip(records, labels, conf)]
+    else:
+        records = None
+    _write_table(frame, records, out)
+    return out
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def _parameters(pairs: list[list[str]] | None) -> dict:
+    from .book import parse_value
+
+    params: dict = {}
+    for key, value in pairs or []:
+        if not key.isidentifier():
+            raise ValueError(f"parameter name '{key}' is not a Python identifier")
+        params[key] = parse_value(value)
+    return params
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .book import build_index, resolve_notebook, run_notebook
+
+    notebook = resolve_notebook(args.notebook, args.notebooks_dir)
+    try:
+        page = run_notebook(notebook, _parameters(args.param), args.reports, kernel=args.kernel,
+                            progress=args.progress)
+    finally:
+        build_index(args.reports)
+    print(page)
+    return 0
+
+
+def _cmd_book(args: argparse.Namespace) -> int:
+    from .book import BOOK, book_notebooks, run_book
+
+    notebooks = None
+    if args.only:
+        stems = [s.strip() for s in args.only.split(",") if s.strip()]
+        available = {p.stem: p for p in book_notebooks(args.notebooks_dir)}
+        unknown = [s for s in stems if s not in available]
+        if unknown:
+            raise ValueError(f"--only: {', '.join(unknown)} not in the book's notebooks under "
+                             f"{args.notebooks_dir} ({', '.join(available) or 'none'})")
+        notebooks = [available[s] for s in sorted(stems, key=BOOK.index)]
+    pages = run_book(notebooks, args.reports, _parameters(args.param), progress=args.progress,
+                     stop_on_error=not args.keep_going, kernel=args.kernel,
+                     notebooks_dir=args.notebooks_dir)
+    for page in pages:
+        print(page)
+    from .runs import reports_dir
+
+    print(reports_dir(args.reports) / "index.html")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from .book import build_index
+
+    print(build_index(args.reports))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    print(predict_file(args.run_dir, args.file, text_col=args.text_col, output=args.output,
+                       batch_size=args.batch_size, device=args.device))
+    return 0
+
+
+def _add_book_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="a notebook parameter (repeatable); VALUE is parsed as int, float, "
+                        "true/false/none, JSON, else text")
+    p.add_argument("--reports", default=None,
+                   help="reports folder (default $SSLKIT_REPORTS or ./reports)")
+    p.add_argument("--notebooks-dir", default="notebooks", help="where the notebooks are")
+    p.add_argument("--kernel", default="sslkit", help="Jupyter kernel name (default sslkit)")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+#: subcommand -> handler. ``sweep`` and ``pseudo-label`` will register here.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run, "book": _cmd_book, "index": _cmd_index, "predict": _cmd_predict,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="execute one notebook into reports/<name>.ipynb/.html")
+    p.add_argument("notebook", help="a notebook path, stem (01_supervised) or unique prefix (01)")
+    _add_book_options(p)
+
+    p = sub.add_parser("book", help="run the book's notebooks in order, then the index")
+    p.add_argument("--only", default=None, help="comma-separated notebook stems, e.g. 00_data,01_supervised")
+    p.add_argument("--keep-going", action="store_true",
+                   help="run the remaining notebooks after one fails")
+    _add_book_options(p)
+
+    p = sub.add_parser("index", help="rebuild reports/index.html")
+    p.add_argument("--reports", default=None)
+
+    p = sub.add_parser("predict", help="label a file with a run's checkpoint")
+    p.add_argument("run_dir", help="reports/runs/<run_id> (or its checkpoint folder)")
+    p.add_argument("file", help="a .csv / .tsv / .xlsx / .jsonl file")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--output", default=None,
+                   help="output file (default <stem>.predictions<suffix> beside FILE)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sslkit`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help or a usage error (argparse printed the message)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+
+    from papermill.exceptions import PapermillExecutionError
+
+    from .book import BookError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (PapermillExecutionError, BookError) as err:
+        from .book import _describe_error
+
+        what = _describe_error(err) if isinstance(err, PapermillExecutionError) else str(err)
+        print(f"sslkit {args.command}: notebook failed: {what}", file=sys.stderr)
+        print("the partial report is in the reports folder (see index.html)", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
+        print(f"sslkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
