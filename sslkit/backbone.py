@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# peft calls transformers' deprecated is_gradient_checkpointing (transformers 5.x): noise, not news
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 BACKBONE_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -249,6 +253,9 @@ class Backbone(nn.Module):
 
 def _load_base(path: Path, dtype: torch.dtype | None):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: sub-second, noise in reports
 
     try:
         config = AutoConfig.from_pretrained(path)

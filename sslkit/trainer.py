@@ -275,7 +275,7 @@ def fit(
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain bars: no ipywidgets needed, text in papermill output
     from transformers import get_scheduler
 
     method = method or Supervised()
