@@ -1,0 +1,122 @@
+"""Adaptive thresholds and pseudo-label selection: pure tensor code, testable on random tensors.
+
+The rule (self-adaptive thresholds in the spirit of FreeMatch, Wang et al. 2023), per training step
+on the unlabeled part of a batch with ``probs = softmax(logits)`` of shape [B, C]:
+
+    tau    <- lam * tau + (1 - lam) * mean_i max_c probs[i, c]          (global confidence)
+    p~     <- lam * p~  + (1 - lam) * mean_i probs[i, :]                  (class-wise expectation)
+    tau_c   = clamp(tau * p~ / (max(p~) + 1e-8), 1e-8, 1 - 1e-8)          (tau clamped the same way)
+
+Start: tau = tau0, p~ = 1/C, tau_c = tau. A pseudo-label for example i: m = probs[i] - tau_c,
+j = argmax m, label j if m[j] > margin else none (-1).
+
+After each round, :func:`class_balanced_top_k` keeps, within each pseudo-class, the top fraction
+by confidence (at least one per class that has candidates).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+EPS = 1e-8
+
+
+class AdaptiveThreshold:
+    """EMA state of the rule above. Attributes: ``tau`` (0-dim), ``p_tilde`` [C], ``tau_c`` [C].
+
+    ``reduce`` (optional) averages the batch statistics across processes before each update, so
+    every process holds the same thresholds (pass e.g. ``lambda t: accelerator.reduce(t, "mean")``).
+    """
+
+    def __init__(self, num_classes: int, tau0: float = 0.8, ema: float = 0.9,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        if not 0.0 <= ema <= 1.0:
+            raise ValueError("ema must be in [0, 1]")
+        self.num_classes = num_classes
+        self.ema = float(ema)
+        self.reduce = reduce
+        # float32 state, as the probabilities (note: in float32 the upper clamp 1 - 1e-8 equals 1.0)
+        self.tau = torch.tensor(float(tau0)).clamp(EPS, 1 - EPS)
+        self.p_tilde = torch.full((num_classes,), 1.0 / num_classes)
+        self.tau_c = self._class_thresholds()
+
+    def _class_thresholds(self) -> torch.Tensor:
+        return (self.tau * self.p_tilde / (self.p_tilde.max() + EPS)).clamp(EPS, 1 - EPS)
+
+    def _to(self, device: torch.device) -> None:
+        if self.p_tilde.device != device:
+            self.tau, self.p_tilde, self.tau_c = (t.to(device) for t in (self.tau, self.p_tilde, self.tau_c))
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:
+        """One EMA step from a batch of probabilities [B, C]."""
+        if probs.ndim != 2 or probs.shape[1] != self.num_classes:
+            raise ValueError(f"probs must be [B, {self.num_classes}], got {tuple(probs.shape)}")
+        if probs.shape[0] == 0:
+            return
+        probs = probs.detach().float()
+        self._to(probs.device)
+        batch_max = probs.max(dim=1).values.mean()
+        batch_mean = probs.mean(dim=0)
+        if self.reduce is not None:
+            batch_max, batch_mean = self.reduce(batch_max), self.reduce(batch_mean)
+        lam = self.ema
+        self.tau = (lam * self.tau + (1 - lam) * batch_max).clamp(EPS, 1 - EPS)
+        self.p_tilde = lam * self.p_tilde + (1 - lam) * batch_mean
+        self.tau_c = self._class_thresholds()
+
+    @torch.no_grad()
+    def pseudo_labels(self, probs: torch.Tensor, margin: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels [B] with -1 where none, margins [B] = m[j]) for probabilities [B, C]."""
+        return pseudo_labels_by_margin(probs, self.tau_c, margin)
+
+    def state_dict(self) -> dict:
+        return {"tau": self.tau.cpu(), "p_tilde": self.p_tilde.cpu(), "tau_c": self.tau_c.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tau, self.p_tilde, self.tau_c = state["tau"], state["p_tilde"], state["tau_c"]
+
+
+class FixedThreshold(AdaptiveThreshold):
+    """The classic rule: tau_c = tau0 for every class, never updated (e.g. 0.95)."""
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:  # noqa: D102 - fixed: nothing to learn
+        return None
+
+
+def pseudo_labels_by_margin(probs: torch.Tensor, tau_c: torch.Tensor, margin: float = 0.05):
+    """m = probs - tau_c; j = argmax_c m; label j if m[j] > margin else -1. Returns (labels, m[j])."""
+    m = probs.float() - tau_c.to(probs.device).float()
+    best, j = m.max(dim=1)
+    labels = torch.where(best > margin, j, torch.full_like(j, -1))
+    return labels, best
+
+
+def class_balanced_top_k(labels: torch.Tensor, confidence: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:
+    """Row indices to keep: within each pseudo-class c with n_c candidates (label >= 0), the
+    max(1, floor(fraction * n_c)) most confident rows. Rows labeled -1 are never kept.
+    Vectorised (sorts, no loop over examples); returned in ascending row order."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    confidence = torch.as_tensor(confidence).float().reshape(-1)
+    if labels.shape != confidence.shape:
+        raise ValueError("labels and confidence must have the same length")
+    cand = torch.nonzero(labels >= 0).squeeze(1)
+    if cand.numel() == 0:
+        return cand
+    lab, conf = labels[cand], confidence[cand]
+    # sort by confidence (descending), then stably by class: each class's rows are contiguous, best first
+    order = torch.argsort(conf, descending=True, stable=True)
+    order = order[torch.argsort(lab[order], stable=True)]
+    lab_sorted = lab[order]
+    counts = torch.bincount(lab_sorted)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(lab_sorted.numel(), device=lab_sorted.device) - starts[lab_sorted]
+    keep_n = torch.clamp((counts.float() * fraction + 1e-9).floor().long(), min=1)
+    kept = cand[order[rank < keep_n[lab_sorted]]]
+    return torch.sort(kept).values
