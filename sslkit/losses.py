@@ -50,8 +50,10 @@ def classification_loss(
     label_smoothing: float = 0.0,
     focal_gamma: float = 0.0,
     focal_alpha: Sequence[float] | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Cross-entropy (with label smoothing); focal when ``focal_gamma > 0`` or ``focal_alpha`` given."""
     if focal_gamma == 0 and focal_alpha is None:
-        return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-    return focal_loss(logits, target, gamma=focal_gamma, alpha=focal_alpha, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing, reduction=reduction)
+    return focal_loss(logits, target, gamma=focal_gamma, alpha=focal_alpha, label_smoothing=label_smoothing,
+                      reduction=reduction)

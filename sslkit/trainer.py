@@ -63,6 +63,9 @@ class TrainConfig:
     resume: bool = True
     run_dir: str | None = None       # default: reports/runs/<run_id>
     run_name: str | None = None      # prefix of the run id (default: dataset-budget-method-seed)
+    steps_per_epoch: int | None = None  # default: one pass over the initial labeled set
+    track_test: bool = False         # also score test after every epoch (learning curves per round)
+    reuse: bool = False              # a finished run of the same config is loaded, not retrained
 
     @classmethod
     def from_kwargs(cls, config: "TrainConfig | None" = None, **overrides) -> "TrainConfig":
@@ -89,15 +92,51 @@ class Context:
     total_steps: int = 0
     run_dir: Path | None = None
     logged: dict = field(default_factory=dict)
+    train_set: Any = None            # _TrainingSet: the labeled examples, growing with pseudo-labels
+    pool: Any = None                 # _Pool: the unlabeled examples not yet moved
+    traces: Any = None               # MetricsLog of per-step traces (traces.jsonl)
+
+    def trace(self, record: dict) -> None:
+        """Write a per-step trace line (e.g. thresholds) to traces.jsonl."""
+        if self.traces is not None and self.accelerator.is_main_process:
+            self.traces.write({"epoch": self.epoch, "step": self.step, **record})
+
+    @property
+    def pool_size(self) -> int:
+        return 0 if self.pool is None else len(self.pool)
+
+    def score_pool(self, batch_size: int | None = None) -> torch.Tensor:
+        """Softmax probabilities [U, C] of the current model on the whole remaining pool, batched."""
+        if not self.pool_size:
+            return torch.zeros(0, self.num_classes)
+        logits = predict_logits(self.unwrapped_model, self.pool.texts,
+                                batch_size or self.config.eval_batch_size, self.accelerator)
+        return torch.softmax(torch.as_tensor(logits), dim=-1)
+
+    def add_pseudo_labels(self, rows, labels, confidence, weights=None, candidates=None) -> dict:
+        """Move pool ``rows`` (positions in the current pool) into the labeled set with pseudo-labels.
+
+        The trainer, not the method, scores them against the hidden gold labels (when known) and
+        records round diagnostics: per class candidates, selected, precision, and the pool size.
+        """
+        return self._add_pseudo(self, rows, labels, confidence, weights, candidates)
+
+    _add_pseudo: Any = None
 
     def log(self, name: str, value) -> None:
         """Record a scalar for the current step; written to metrics.jsonl with the next log line."""
         self.logged[name] = float(value) if torch.is_tensor(value) else value
 
-    def sup_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The configured supervised loss (cross-entropy with label smoothing, or focal)."""
+    def sup_loss(self, logits: torch.Tensor, labels: torch.Tensor,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The configured supervised loss (cross-entropy with label smoothing, or focal), optionally
+        weighted per example (pseudo-labels weighted by confidence): sum_i w_i l_i / B."""
         c = self.config
-        return classification_loss(logits, labels, c.label_smoothing, c.focal_gamma, c.focal_alpha)
+        if weight is None:
+            return classification_loss(logits, labels, c.label_smoothing, c.focal_gamma, c.focal_alpha)
+        per = classification_loss(logits, labels, c.label_smoothing, c.focal_gamma, c.focal_alpha,
+                                  reduction="none")
+        return (per * weight.to(per.dtype)).mean()
 
     @property
     def progress(self) -> float:
@@ -134,8 +173,9 @@ class RunResult:
 
 # --------------------------------------------------------------------------- data plumbing
 class _Tokenized(torch.utils.data.Dataset):
-    def __init__(self, ids: list[list[int]], idx: np.ndarray, labels: np.ndarray | None):
-        self.ids, self.idx, self.labels = ids, idx, labels
+    def __init__(self, ids: list[list[int]], idx: np.ndarray, labels: np.ndarray | None,
+                 weights: np.ndarray | None = None):
+        self.ids, self.idx, self.labels, self.weights = ids, idx, labels, weights
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -144,7 +184,49 @@ class _Tokenized(torch.utils.data.Dataset):
         item = {"ids": self.ids[i], "idx": int(self.idx[i])}
         if self.labels is not None:
             item["label"] = int(self.labels[i])
+        if self.weights is not None:
+            item["weight"] = float(self.weights[i])
         return item
+
+
+class _TrainingSet(_Tokenized):
+    """The labeled examples a method trains on; pseudo-labeled pool rows are appended to it."""
+
+    def __init__(self, ids, idx, labels):
+        super().__init__(list(ids), np.asarray(idx), np.asarray(labels), np.ones(len(ids), dtype=np.float32))
+
+    def extend(self, ids, idx, labels, weights) -> None:
+        self.ids = self.ids + list(ids)
+        self.idx = np.concatenate([self.idx, idx])
+        self.labels = np.concatenate([self.labels, labels])
+        self.weights = np.concatenate([self.weights, np.asarray(weights, dtype=np.float32)])
+
+
+class _Pool:
+    """The unlabeled examples still in the pool: texts, token ids, global idx, ids, hidden gold."""
+
+    def __init__(self, texts, ids, idx, user_ids, gold):
+        self.texts, self.tok, self.idx = list(texts), list(ids), np.asarray(idx)
+        self.user_ids, self.gold = list(user_ids), np.asarray(gold)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, rows: np.ndarray) -> dict:
+        """Remove ``rows`` (positions) from the pool and return what they held."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = {"texts": [self.texts[r] for r in rows], "tok": [self.tok[r] for r in rows],
+               "idx": self.idx[rows], "ids": [self.user_ids[r] for r in rows], "gold": self.gold[rows]}
+        keep = np.setdiff1d(np.arange(len(self.texts)), rows)
+        self.texts = [self.texts[r] for r in keep]
+        self.tok = [self.tok[r] for r in keep]
+        self.user_ids = [self.user_ids[r] for r in keep]
+        self.idx, self.gold = self.idx[keep], self.gold[keep]
+        return out
+
+    def positions_of(self, global_idx) -> np.ndarray:
+        where = {int(g): p for p, g in enumerate(self.idx)}
+        return np.array([where[int(g)] for g in global_idx], dtype=np.int64)
 
 
 def _collate_fn(model: Backbone):
@@ -153,6 +235,8 @@ def _collate_fn(model: Backbone):
         batch["idx"] = torch.tensor([it["idx"] for it in items], dtype=torch.long)
         if "label" in items[0]:
             batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
+        if "weight" in items[0]:
+            batch["weights"] = torch.tensor([it["weight"] for it in items], dtype=torch.float32)
         return batch
 
     return collate
@@ -163,6 +247,18 @@ def _epoch_loader(dataset: _Tokenized, batch_size: int, seed: int, epoch: int, c
     perm = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=perm,
                                        collate_fn=collate, drop_last=drop_last)
+
+
+def _stream(make_loader, steps: int) -> Iterator[dict]:
+    """Exactly ``steps`` batches, re-shuffling (round r) whenever the data is exhausted."""
+    round_, done = 0, 0
+    while done < steps:
+        for batch in make_loader(round_):
+            yield batch
+            done += 1
+            if done >= steps:
+                return
+        round_ += 1
 
 
 def _cycle(make_loader) -> Iterator[dict]:
@@ -234,7 +330,7 @@ def budget_tag(budget: Budget) -> str:
 
 def run_config(model: Backbone, budget: Budget, method: Method, config: TrainConfig) -> dict:
     """Everything needed to rerun a run (and its identity: the run id hashes it)."""
-    train = {k: v for k, v in asdict(config).items() if k not in ("progress", "run_dir", "resume")}
+    train = {k: v for k, v in asdict(config).items() if k not in ("progress", "run_dir", "resume", "reuse", "track_test")}
     return {
         "dataset": budget.dataset,
         "budget": budget.describe(),
@@ -271,7 +367,8 @@ def fit(
 
     Keyword overrides set :class:`TrainConfig` fields, e.g. ``fit(m, b, epochs=6, lr=2e-3)``.
     Writes reports/runs/<run_id>/ and returns a :class:`RunResult`. If that folder holds an epoch
-    checkpoint of the same config, training resumes after that epoch.
+    checkpoint of the same config, training resumes after that epoch. Without a dev split (a user's
+    file) the last epoch is kept.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -280,10 +377,7 @@ def fit(
 
     method = method or Supervised()
     config = TrainConfig.from_kwargs(config, **overrides)
-    if budget.dev is None:
-        raise ValueError("fit() needs a dev split to select the best epoch (Budget.dev is None)")
-    cpu = config.device == "cpu"
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
     set_seed(config.seed)
     started = time.time()
 
@@ -292,8 +386,14 @@ def fit(
     name = config.run_name or f"{budget.dataset}-{budget_tag(budget)}-{method.name}-s{config.seed}"
     run_id = f"{name}-{rconf_hash}"
     run_dir = Path(config.run_dir) if config.run_dir else reports_dir() / "runs" / run_id
+    if config.reuse:
+        done = _finished_run(run_dir, rconf_hash, run_id)
+        if done is not None:
+            return done
     run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run_dir / "metrics.jsonl")
+    traces = MetricsLog(run_dir / "traces.jsonl")
+    rounds_log = MetricsLog(run_dir / "rounds.jsonl")
 
     # ---- resume?
     state_path = run_dir / LAST_STATE
@@ -303,27 +403,30 @@ def fit(
         if saved.get("config_hash") == rconf_hash:
             resume_state = saved
     if resume_state is None and accelerator.is_main_process:
-        for stale in ("metrics.jsonl", "summary.json", "predictions.csv"):
+        for stale in ("metrics.jsonl", "traces.jsonl", "rounds.jsonl", "summary.json",
+                      "predictions.csv", "pseudo_labels.csv"):
             (run_dir / stale).unlink(missing_ok=True)
     notebook = os.environ.get("SSLKIT_NOTEBOOK")
     if accelerator.is_main_process:
-        write_json(run_dir / "config.json", {"run_id": run_id, "notebook": notebook,
+        write_json(run_dir / "config.json", {"run_id": run_id, "notebook": notebook, "config_hash": rconf_hash,
                                              "versions": _versions(), "argv": sys.argv, **rconf})
 
-    # ---- data
+    # ---- data: the labeled set grows when a method moves pseudo-labeled pool rows into it
     labeled = budget.labeled
-    tok_l = _Tokenized(model.tokenize(labeled.texts), labeled.idx, labeled.labels)
+    train_set = _TrainingSet(model.tokenize(labeled.texts), labeled.idx, labeled.labels)
     collate = _collate_fn(model)
-    tok_u = None
+    pool = None
     if method.uses_unlabeled and len(budget.unlabeled):
-        tok_u = _Tokenized(model.tokenize(budget.unlabeled.texts), budget.unlabeled.idx, None)
+        u = budget.unlabeled
+        pool = _Pool(u.texts, model.tokenize(u.texts), u.idx, u.ids, budget.unlabeled_gold)
+    pseudo_rows: list[dict] = []
 
     # ---- head init from prototypes (LoRA's B = 0, so these are the pretrained features)
     if resume_state is None and config.init_head == "prototypes":
         feats = embed(model, labeled.texts, batch_size=config.eval_batch_size)
         model.init_head_from_prototypes(feats, labeled.labels)
 
-    # ---- optimiser: LoRA and head groups, no decay on the head scale-free cosine weights' norm
+    # ---- optimiser: head and LoRA parameter groups (their own learning rates)
     head_params = [p for p in model.head.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head_params}
     body_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
@@ -332,7 +435,8 @@ def fit(
         groups.append({"params": body_params, "lr": config.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
-    steps_per_epoch = math.ceil(len(tok_l) / (config.batch_size * accelerator.num_processes))
+    steps_per_epoch = config.steps_per_epoch or math.ceil(
+        len(train_set) / (config.batch_size * accelerator.num_processes))
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_scheduler(config.scheduler, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps * accelerator.num_processes),
@@ -340,7 +444,31 @@ def fit(
     pmodel, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ctx = Context(model=pmodel, accelerator=accelerator, budget=budget, config=config,
                   num_classes=len(budget.label_names), steps_per_epoch=steps_per_epoch,
-                  total_steps=total_steps, run_dir=run_dir)
+                  total_steps=total_steps, run_dir=run_dir, train_set=train_set, pool=pool, traces=traces)
+
+    def add_pseudo(ctx_, rows, labels, confidence, weights=None, candidates=None) -> dict:
+        rows = np.asarray(torch.as_tensor(rows).cpu(), dtype=np.int64).reshape(-1)
+        labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1)
+        confidence = np.asarray(torch.as_tensor(confidence).float().cpu()).reshape(-1)
+        weights = np.ones(len(rows), np.float32) if weights is None else \
+            np.asarray(torch.as_tensor(weights).float().cpu()).reshape(-1)
+        round_ = len({r["round"] for r in pseudo_rows})
+        moved = pool.take(rows)
+        train_set.extend(moved["tok"], moved["idx"], labels, weights)
+        names = np.asarray(budget.label_names, dtype=object)
+        for i in range(len(rows)):
+            pseudo_rows.append({"idx": int(moved["idx"][i]), "id": moved["ids"][i], "text": moved["texts"][i],
+                                "label": names[labels[i]], "confidence": float(confidence[i]),
+                                "weight": float(weights[i]), "round": round_, "epoch": ctx_.epoch,
+                                "gold": names[moved["gold"][i]] if moved["gold"][i] >= 0 else ""})
+        stats = _round_stats(round_, ctx_.epoch, labels, moved["gold"], candidates, len(pool),
+                             budget.label_names)
+        if accelerator.is_main_process:
+            rounds_log.write(stats)
+            _write_pseudo_csv(run_dir, pseudo_rows)
+        return {k: v for k, v in stats.items() if k != "per_class"}
+
+    ctx._add_pseudo = add_pseudo
     method.setup(ctx)
 
     start_epoch, best = 1, {"dev_macro_f1": -1.0, "epoch": 0, "state": None}
@@ -350,12 +478,18 @@ def fit(
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         method.load_state_dict(resume_state["method"])
-        best = resume_state["best"]
-        bad_epochs = resume_state["bad_epochs"]
+        best, bad_epochs = resume_state["best"], resume_state["bad_epochs"]
         start_epoch = resume_state["epoch"] + 1
         ctx.step = resume_state["step"]
+        for r in resume_state.get("pseudo", []):  # replay the moves of earlier rounds
+            pos = pool.positions_of([r["idx"]])
+            moved = pool.take(pos)
+            train_set.extend(moved["tok"], moved["idx"], [budget.label_names.index(r["label"])], [r["weight"]])
+            pseudo_rows.append(r)
         if accelerator.is_main_process:
             log.truncate_after(resume_state["epoch"])
+            traces.truncate_after(resume_state["epoch"])
+            rounds_log.truncate_after(resume_state["epoch"])
         accelerator.print(f"resuming {run_id} after epoch {resume_state['epoch']}")
 
     show = _progress_enabled(config, accelerator)
@@ -365,17 +499,19 @@ def fit(
     for epoch in range(start_epoch, config.epochs + 1):
         ctx.epoch = epoch
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout: same stream with or without resume
-        loader = accelerator.prepare_data_loader(
-            _epoch_loader(tok_l, config.batch_size, config.seed, epoch, collate))
+        lab_stream = _stream(lambda r: accelerator.prepare_data_loader(
+            _epoch_loader(train_set, config.batch_size, config.seed, epoch * 1000 + r, collate)), steps_per_epoch)
         unl_iter = None
-        if tok_u is not None:
+        if pool is not None and len(pool):
             ubs = config.unlabeled_batch_size or config.batch_size
+            pool_view = _Tokenized(pool.tok, pool.idx, None)
             unl_iter = _cycle(lambda r: accelerator.prepare_data_loader(
-                _epoch_loader(tok_u, ubs, config.seed + 7919, epoch * 1000 + r, collate, drop_last=False)))
+                _epoch_loader(pool_view, ubs, config.seed + 7919, epoch * 1000 + r, collate)))
         pmodel.train()
         t0 = time.time()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False)
+        bar = tqdm(lab_stream, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not show, leave=False)
         for lab_batch in bar:
             batch = {"labeled": lab_batch, "unlabeled": next(unl_iter) if unl_iter else None}
             out = method.loss(batch, ctx)
@@ -400,27 +536,35 @@ def fit(
         train_seconds += epoch_seconds
         stats = method.after_epoch(ctx) or {}
 
-        dev = evaluate(accelerator.unwrap_model(pmodel), budget.dev, config.eval_batch_size, accelerator)
-        dev_m = dev["metrics"]
-        improved = dev_m["macro_f1"] > best["dev_macro_f1"]
-        if improved:
-            best = {"dev_macro_f1": dev_m["macro_f1"], "epoch": epoch,
-                    "state": accelerator.unwrap_model(pmodel).trainable_state_dict()}
+        unwrapped = accelerator.unwrap_model(pmodel)
+        record = {"epoch": epoch, "step": ctx.step, "epoch_loss": float(np.mean(losses)) if losses else None,
+                  "epoch_seconds": epoch_seconds, "n_train": len(train_set), "pool": ctx.pool_size, **stats}
+        if budget.dev is not None:
+            dev_m = evaluate(unwrapped, budget.dev, config.eval_batch_size, accelerator)["metrics"]
+            score = dev_m["macro_f1"]
+            record.update(dev_accuracy=dev_m["accuracy"], dev_macro_f1=dev_m["macro_f1"])
+        else:
+            score = float(epoch)  # no dev split: the last epoch is the best
+        if config.track_test and budget.test is not None:
+            test_m = evaluate(unwrapped, budget.test, config.eval_batch_size, accelerator)["metrics"]
+            record.update(test_accuracy=test_m["accuracy"], test_macro_f1=test_m["macro_f1"])
+        if score > best["dev_macro_f1"]:
+            best = {"dev_macro_f1": score, "epoch": epoch, "state": unwrapped.trainable_state_dict()}
             bad_epochs = 0
         else:
             bad_epochs += 1
+        record["best_epoch"] = best["epoch"]
         if accelerator.is_main_process:
-            log.write({"epoch": epoch, "step": ctx.step, "epoch_loss": float(np.mean(losses)) if losses else None,
-                       "dev_accuracy": dev_m["accuracy"], "dev_macro_f1": dev_m["macro_f1"],
-                       "epoch_seconds": epoch_seconds, "best_epoch": best["epoch"], **stats})
+            log.write(record)
             if show:
-                tqdm.write(f"epoch {epoch}: loss {np.mean(losses):.4f} dev acc {dev_m['accuracy']:.4f} "
-                           f"macro-F1 {dev_m['macro_f1']:.4f} ({epoch_seconds:.0f}s)")
+                tqdm.write(f"epoch {epoch}: loss {record['epoch_loss']:.4f} dev acc "
+                           f"{record.get('dev_accuracy', float('nan')):.4f} macro-F1 "
+                           f"{record.get('dev_macro_f1', float('nan')):.4f} ({epoch_seconds:.0f}s)")
             torch.save({"config_hash": rconf_hash, "epoch": epoch, "step": ctx.step,
-                        "model": accelerator.unwrap_model(pmodel).trainable_state_dict(),
+                        "model": unwrapped.trainable_state_dict(),
                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "method": method.state_dict(), "best": best, "bad_epochs": bad_epochs,
-                        "train_seconds": train_seconds, "n_seen": n_seen},
+                        "train_seconds": train_seconds, "n_seen": n_seen, "pseudo": pseudo_rows},
                        str(state_path) + ".tmp")
             os.replace(str(state_path) + ".tmp", state_path)
         accelerator.wait_for_everyone()
@@ -433,14 +577,15 @@ def fit(
     if best["state"] is not None:
         final.load_trainable_state_dict(best["state"])
     final.eval()
-    dev = evaluate(final, budget.dev, config.eval_batch_size, accelerator)
+    dev = evaluate(final, budget.dev, config.eval_batch_size, accelerator) if budget.dev is not None else None
     test = evaluate(final, budget.test, config.eval_batch_size, accelerator) if budget.test is not None else None
     summary = {
         "run_id": run_id, "notebook": notebook, "dataset": budget.dataset, "budget": budget_tag(budget),
         "method": method.name, "backbone": model.info.name, "seed": config.seed,
         "n_labeled": len(budget.labeled), "n_unlabeled": len(budget.unlabeled),
+        "n_pseudo_labeled": len(pseudo_rows), "pseudo_label_precision": _precision(pseudo_rows),
         "best_epoch": best["epoch"], "epochs_run": ctx.epoch, "stopped_early": stopped_early,
-        "dev": dev["metrics"], "test": test["metrics"] if test else None,
+        "dev": dev["metrics"] if dev else None, "test": test["metrics"] if test else None,
         "train_seconds": train_seconds, "minutes": (time.time() - started) / 60.0,
         "train_samples_per_second": n_seen / train_seconds if train_seconds else None,
         "trainable_parameters": model.num_parameters(trainable=True),
@@ -450,9 +595,11 @@ def fit(
     if accelerator.is_main_process:
         if test is not None:
             names = np.asarray(budget.label_names, dtype=object)
-            pd.DataFrame({"id": budget.test.ids, "text": budget.test.texts,
-                          "gold": names[budget.test.labels], "pred": names[test["pred"]],
-                          "confidence": test["confidence"]}).to_csv(run_dir / "predictions.csv", index=False)
+            known = budget.test.labels >= 0
+            gold = np.where(known, names[np.clip(budget.test.labels, 0, None)], "")
+            pd.DataFrame({"id": budget.test.ids, "text": budget.test.texts, "gold": gold,
+                          "pred": names[test["pred"]], "confidence": test["confidence"]}
+                         ).to_csv(run_dir / "predictions.csv", index=False)
         if config.save_checkpoint:
             ckpt = run_dir / "checkpoint"
             if ckpt.exists():
@@ -463,3 +610,50 @@ def fit(
     accelerator.wait_for_everyone()
     history = pd.DataFrame(log.read())
     return RunResult(run_id=run_id, run_dir=run_dir, summary=summary, history=history, model=final)
+
+
+def _precision(pseudo_rows: list[dict]) -> float | None:
+    scored = [r for r in pseudo_rows if r.get("gold")]
+    return sum(r["label"] == r["gold"] for r in scored) / len(scored) if scored else None
+
+
+def _round_stats(round_: int, epoch: int, labels: np.ndarray, gold: np.ndarray, candidates, pool_left: int,
+                 label_names: list[str]) -> dict:
+    """Diagnostics of one pseudo-label round, per class and overall (gold used only here)."""
+    C = len(label_names)
+    selected = np.bincount(labels, minlength=C)
+    cand = np.asarray(candidates.cpu() if torch.is_tensor(candidates) else candidates) \
+        if candidates is not None else selected
+    scored = gold >= 0
+    correct = np.bincount(labels[scored & (labels == gold)], minlength=C)
+    n_scored = np.bincount(labels[scored], minlength=C)
+    per_class = [{"class": label_names[c], "candidates": int(cand[c]), "selected": int(selected[c]),
+                  "precision": float(correct[c] / n_scored[c]) if n_scored[c] else None} for c in range(C)]
+    return {"round": round_, "epoch": epoch, "candidates": int(np.sum(cand)), "selected": int(len(labels)),
+            "precision": float(correct.sum() / n_scored.sum()) if n_scored.sum() else None,
+            "pool": int(pool_left), "per_class": per_class}
+
+
+def _write_pseudo_csv(run_dir: Path, rows: list[dict]) -> None:
+    from .runs import atomic_write_text
+
+    frame = pd.DataFrame(rows, columns=["idx", "id", "text", "label", "confidence", "weight", "round",
+                                        "epoch", "gold"])
+    atomic_write_text(run_dir / "pseudo_labels.csv", frame.to_csv(index=False))
+
+
+def _finished_run(run_dir: Path, rconf_hash: str, run_id: str) -> RunResult | None:
+    """A finished run of the same config (summary + checkpoint on disk), loaded instead of retrained."""
+    from .backbone import load_saved_backbone
+    from .runs import read_json
+
+    try:
+        config = read_json(run_dir / "config.json")
+        summary = read_json(run_dir / "summary.json")
+    except (OSError, ValueError):
+        return None
+    if config.get("config_hash") != rconf_hash or not (run_dir / "checkpoint").is_dir():
+        return None
+    model = load_saved_backbone(run_dir / "checkpoint")
+    return RunResult(run_id=run_id, run_dir=run_dir, summary=summary,
+                     history=pd.DataFrame(MetricsLog(run_dir / "metrics.jsonl").read()), model=model)

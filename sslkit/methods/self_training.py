@@ -1,0 +1,104 @@
+"""Adaptive-threshold self-training (issue 3): thresholds per step, pseudo-label rounds per epoch.
+
+Per step, on the unlabeled part of the batch, the thresholds follow the EMA rule of
+:class:`sslkit.thresholds.AdaptiveThreshold`. Optionally (``unlabeled_weight > 0``) the step also
+trains on the batch's own pseudo-labels (FreeMatch-style self-training term):
+L = L_sup + w_u * mean_i [label_i >= 0] * c_i * CE(f(u_i), label_i), c_i = confidence if weighted.
+
+After each epoch from ``first_round`` on (a round): the whole pool is scored in batches; accepted
+examples (margin rule) are grouped by pseudo-label, the top ``top_k`` fraction of each class by
+confidence (at least one per class with candidates) moves into the labeled set.
+
+Threshold variants: ``"adaptive"`` (the rule, tau0=0.8, ema=0.9 by default), ``"fixed"``
+(tau_c = fixed_tau = 0.95, never updated), ``"freematch"`` (FreeMatch's start: tau0 = 1/C, ema = 0.999).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..thresholds import AdaptiveThreshold, FixedThreshold, class_balanced_top_k
+from .base import Method
+
+
+@dataclass
+class SelfTraining(Method):
+    tau0: float = 0.8
+    ema: float = 0.9
+    margin: float = 0.05
+    top_k: float = 0.1
+    threshold: str = "adaptive"        # "adaptive" | "fixed" | "freematch"
+    fixed_tau: float = 0.95
+    weight_by_confidence: bool = False  # pseudo-labeled examples weigh their confidence in the loss
+    unlabeled_weight: float = 0.0       # per-step pseudo-label term on the unlabeled batch (0: rounds only)
+    first_round: int = 1                # the first epoch after which a round runs
+    rounds: int | None = None           # at most this many rounds (None: every epoch from first_round)
+
+    name = "self_training"
+    uses_unlabeled = True
+
+    def setup(self, ctx) -> None:
+        C = ctx.num_classes
+        acc = ctx.accelerator
+        reduce = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
+        if self.threshold == "adaptive":
+            self.th = AdaptiveThreshold(C, tau0=self.tau0, ema=self.ema, reduce=reduce)
+        elif self.threshold == "freematch":
+            self.th = AdaptiveThreshold(C, tau0=1.0 / C, ema=0.999, reduce=reduce)
+        elif self.threshold == "fixed":
+            self.th = FixedThreshold(C, tau0=self.fixed_tau)
+        else:
+            raise ValueError(f"threshold must be 'adaptive', 'fixed' or 'freematch', got {self.threshold!r}")
+        self.rounds_done = 0
+
+    def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
+        lab, unl = batch["labeled"], batch["unlabeled"]
+        logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
+        sup = ctx.sup_loss(logits, lab["labels"], lab.get("weights") if self.weight_by_confidence else None)
+        out = {"sup": sup.detach()}
+        total = sup
+        if unl is not None:
+            if self.unlabeled_weight > 0:
+                u_logits = ctx.model(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"])
+                probs = torch.softmax(u_logits.detach().float(), dim=-1)
+            else:  # the thresholds still follow the model's confidence on unlabeled text
+                with torch.no_grad():
+                    probs = torch.softmax(ctx.model(input_ids=unl["input_ids"],
+                                                    attention_mask=unl["attention_mask"]).float(), dim=-1)
+            self.th.update(probs)
+            if self.unlabeled_weight > 0:
+                labels, _ = self.th.pseudo_labels(probs, self.margin)
+                mask = (labels >= 0).float()
+                conf = probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
+                w = mask * (conf if self.weight_by_confidence else 1.0)
+                unsup = (F.cross_entropy(u_logits.float(), labels.clamp(min=0), reduction="none") * w).mean()
+                total = total + self.unlabeled_weight * unsup
+                out["unsup"] = unsup.detach()
+                out["mask_rate"] = mask.mean()
+        ctx.log("tau", float(self.th.tau))
+        ctx.trace({"tau": float(self.th.tau), "tau_c": [round(float(x), 6) for x in self.th.tau_c]})
+        return {"loss": total, **out}
+
+    def after_epoch(self, ctx) -> dict:
+        if ctx.epoch < self.first_round or not ctx.pool_size:
+            return {}
+        if self.rounds is not None and self.rounds_done >= self.rounds:
+            return {}
+        probs = ctx.score_pool()
+        labels, _ = self.th.pseudo_labels(probs, self.margin)
+        confidence = probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
+        keep = class_balanced_top_k(labels, confidence, self.top_k)
+        candidates = torch.bincount(labels[labels >= 0], minlength=ctx.num_classes)
+        weights = confidence[keep] if self.weight_by_confidence else None
+        stats = ctx.add_pseudo_labels(keep, labels[keep], confidence[keep], weights, candidates)
+        self.rounds_done += 1
+        return {f"round_{k}": v for k, v in stats.items() if k in ("candidates", "selected", "precision")}
+
+    def state_dict(self) -> dict:
+        return {"th": self.th.state_dict(), "rounds_done": self.rounds_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.th.load_state_dict(state["th"])
+        self.rounds_done = state["rounds_done"]
