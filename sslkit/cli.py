@@ -4,6 +4,7 @@
     sslkit book -p seed 1 --only 00_data,01_supervised           # the book, in order, + index
     sslkit index                                                 # rebuild reports/index.html
     sslkit predict reports/runs/<run_id> new.csv                 # new.predictions.csv
+    sslkit pseudo-label tickets.csv --label-col intent           # fill blank labels in place
 
 Exit codes: 0 done, 1 a notebook failed (its partial HTML is written), 2 bad input (message on
 stderr, no traceback). Heavy imports (torch, papermill) happen inside the subcommands.
@@ -211,6 +212,71 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    """Train self-training on the labeled rows of a file, write pseudo-labels into its blank rows."""
+    import pandas as pd
+
+    from .data import EXTENSIONS, DataError
+    from .labelfile import check_label_file, write_pseudo_labels
+
+    path = Path(args.file)
+    if path.suffix.lower() not in EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of "
+                        f"{', '.join(EXTENSIONS)}")
+    for name, value, ok in (("--epochs", args.epochs, args.epochs >= 1),
+                            ("--rounds-top-k", args.top_k, 0 < args.top_k <= 1),
+                            ("--max-length", args.max_length, args.max_length >= 8)):
+        if not ok:
+            raise ValueError(f"{name}: invalid value {value}")
+    # every check of the file that the write-back will make, before a long training run
+    import sslkit
+    from .methods import SelfTraining
+
+    data = sslkit.load_dataset(path, text_col=args.text_col, label_col=args.label_col,
+                               id_col=args.id_col)
+    state = check_label_file(path, label_col=args.label_col, id_col=args.id_col)
+    if state["blank"] == 0:
+        print(f"{path}: no blank '{args.label_col}' cells; nothing to pseudo-label")
+        return 0
+    budget = sslkit.split_budget(data)
+    if budget.num_classes < 2:
+        raise DataError(f"{path}: column '{args.label_col}' has {budget.num_classes} label name(s); "
+                        "pseudo-labelling needs at least 2")
+
+    model = sslkit.load_backbone(args.backbone, budget.num_classes, max_length=args.max_length)
+    method = SelfTraining(tau0=args.tau0, margin=args.margin, top_k=args.top_k)
+    old_reports = os.environ.get("SSLKIT_REPORTS")
+    if args.reports is not None:  # fit() names its run folder under $SSLKIT_REPORTS
+        os.environ["SSLKIT_REPORTS"] = str(args.reports)
+    try:
+        result = sslkit.fit(model, budget, method, epochs=args.epochs, seed=args.seed,
+                            device=args.device, progress=args.progress)
+    finally:
+        if args.reports is not None:
+            if old_reports is None:
+                os.environ.pop("SSLKIT_REPORTS", None)
+            else:
+                os.environ["SSLKIT_REPORTS"] = old_reports
+    table = result.run_dir / "pseudo_labels.csv"
+    if table.is_file():
+        pseudo = pd.read_csv(table, dtype=str, keep_default_na=False)
+    else:  # no round accepted any example
+        pseudo = pd.DataFrame(columns=["idx", "id", "text", "label", "confidence", "round"])
+    info = write_pseudo_labels(path, pseudo, label_col=args.label_col, id_col=args.id_col,
+                               text_col=args.text_col)
+    left = state["blank"] - info["written"]
+    print(f"{path}: {info['written']} pseudo-label(s) written, {left} row(s) still blank"
+          + (f", {info['skipped_human']} labeled by a person meanwhile (kept)"
+             if info["skipped_human"] else ""))
+    if info["written"]:
+        print(f"rounds {info['round_offset']}..{info['round_offset'] + int(pseudo['round'].astype(int).max())}"
+              " in column pseudo_round")
+    if info["backup"] is not None:
+        print(f"backup: {info['backup']}")
+    print(f"run: {result.run_dir}")
+    return 0
+
+
 def _add_book_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="a notebook parameter (repeatable); VALUE is parsed as int, float, "
@@ -225,6 +291,7 @@ def _add_book_options(p: argparse.ArgumentParser) -> None:
 #: subcommand -> handler. ``sweep`` and ``pseudo-label`` will register here.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "book": _cmd_book, "index": _cmd_index, "predict": _cmd_predict,
+    "pseudo-label": _cmd_pseudo_label,
 }
 
 
@@ -253,6 +320,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (default <stem>.predictions<suffix> beside FILE)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+
+    p = sub.add_parser(
+        "pseudo-label",
+        help="self-train on a file's labeled rows, write pseudo-labels into its blank rows",
+        description="Train on the rows of DATA_FILE that have a label, pseudo-label the blank ones "
+                    "(adaptive-threshold self-training) and write them back into the same file by "
+                    "id, in its own label names. A backup copy is made first; labels already in "
+                    "the file are never overwritten; columns label_source, pseudo_confidence and "
+                    "pseudo_round record what was pseudo-labeled. Run it again to continue.")
+    p.add_argument("file", metavar="DATA_FILE", help="a .csv / .tsv / .xlsx / .jsonl file")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--label-col", default="label", help="blank cells are the ones to fill")
+    p.add_argument("--id-col", default="id", help="a unique id per row (default id)")
+    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--epochs", type=int, default=4, help="epochs = pseudo-label rounds")
+    p.add_argument("--rounds-top-k", "--top-k", dest="top_k", type=float, default=0.1,
+                   help="fraction of each class's accepted candidates kept per round")
+    p.add_argument("--tau0", type=float, default=0.8, help="starting confidence threshold")
+    p.add_argument("--margin", type=float, default=0.05, help="margin over the class threshold")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per text")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto / cpu / cuda")
+    p.add_argument("--reports", default=None,
+                   help="reports folder for the run record (default $SSLKIT_REPORTS or ./reports)")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
     return parser
 
 

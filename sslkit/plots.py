@@ -313,3 +313,76 @@ def plot_metric_bars(
     ax.set_xlabel(metric)
     ax.set_title(title or f"{metric} by {label_col}")
     return fig
+
+
+def plot_thresholds(traces: pd.DataFrame, label_names: Sequence[str] | None = None, title: str | None = None):
+    """The global threshold tau and every class threshold tau_c against the training step."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    if len(traces) == 0:
+        ax.text(0.5, 0.5, "no thresholds traced", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    steps = np.arange(len(traces)) + 1
+    tau_c = np.array(traces["tau_c"].tolist(), dtype=float)
+    ax.plot(steps, tau_c, color="tab:blue", alpha=0.15, linewidth=0.8)
+    ax.plot(steps, tau_c.min(1), color="tab:blue", linestyle=":", label=r"min / max $\tau_c$")
+    ax.plot(steps, tau_c.max(1), color="tab:blue", linestyle=":")
+    ax.plot(steps, traces["tau"].to_numpy(), color="black", linewidth=2, label=r"$\tau$ (global)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("threshold")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title(title or rf"Adaptive thresholds: $\tau$ and {tau_c.shape[1]} class thresholds $\tau_c$")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pseudo_label_rounds(rounds: pd.DataFrame, title: str | None = None):
+    """Left: pseudo-labels selected per class (rows) and round (columns). Right: precision per round
+    against the hidden gold labels, with the number selected."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1.3, 1]})
+    if len(rounds) == 0:
+        for ax in (ax1, ax2):
+            ax.text(0.5, 0.5, "no rounds yet", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    grid = rounds.pivot_table(index="class", columns="round", values="selected", aggfunc="sum").fillna(0)
+    im = ax1.imshow(grid.to_numpy(), aspect="auto", cmap="Blues", interpolation="nearest")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel(f"class ({len(grid)})")
+    ax1.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+    ax1.set_yticks([])
+    fig.colorbar(im, ax=ax1, label="selected")
+    ax1.set_title("pseudo-labels per class and round")
+    per_round = rounds.assign(correct=rounds["precision"].fillna(0) * rounds["selected"]).groupby("round")
+    sel, correct = per_round["selected"].sum(), per_round["correct"].sum()
+    scored = rounds[rounds["precision"].notna()].groupby("round")["selected"].sum().reindex(sel.index).fillna(0)
+    precision = (correct / scored.replace(0, np.nan)).to_numpy()
+    ax2.bar(sel.index, sel.to_numpy(), color="tab:gray", alpha=0.4, label="selected")
+    ax2.set_ylabel("selected")
+    ax2.set_xlabel("round")
+    twin = ax2.twinx()
+    twin.plot(sel.index, precision, marker="o", color="tab:green", label="precision")
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("precision vs hidden gold")
+    ax2.set_title("selected and their precision per round")
+    fig.suptitle(title or "Pseudo-label rounds")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_per_round(histories: Mapping[str, pd.DataFrame], baseline: float | None = None,
+                            metric: str = "test_accuracy", title: str | None = None):
+    """``metric`` per epoch (= round) for each run, with the supervised baseline as a line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, hist in histories.items():
+        h = pd.DataFrame(hist)
+        if metric in h:
+            h = h.dropna(subset=[metric])
+            ax.plot(h["epoch"], h[metric], marker="o", label=name)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", linestyle="--", label="supervised baseline")
+    ax.set_xlabel("epoch (a round ends each epoch)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend()
+    ax.set_title(title or f"{metric.replace('_', ' ')} per round")
+    fig.tight_layout()
+    return fig

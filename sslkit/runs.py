@@ -145,3 +145,17 @@ def load_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     first = [c for c in columns if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]]
+
+
+def read_traces(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """traces.jsonl (per step: tau and every tau_c) as a DataFrame; tau_c stays a list per row."""
+    return pd.DataFrame(MetricsLog(Path(run_dir) / "traces.jsonl").read())
+
+
+def read_rounds(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """rounds.jsonl as one row per (round, class): candidates, selected, precision, pool size."""
+    rows = []
+    for r in MetricsLog(Path(run_dir) / "rounds.jsonl").read():
+        for c in r.get("per_class", []):
+            rows.append({"round": r["round"], "epoch": r["epoch"], "pool": r["pool"], **c})
+    return pd.DataFrame(rows, columns=["round", "epoch", "pool", "class", "candidates", "selected", "precision"])

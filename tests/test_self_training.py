@@ -1,0 +1,131 @@
+"""Self-training inside the trainer: rounds move pool rows, the method never sees gold labels,
+diagnostics are recorded, and a resumed run replays its earlier rounds."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sslkit
+from sslkit.methods import SelfTraining
+from sslkit.runs import read_rounds, read_traces
+from sslkit.trainer import LAST_STATE, fit
+
+FAST = dict(epochs=2, batch_size=16, eval_batch_size=64, progress=False, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def budget():
+    data = sslkit.load_dataset("mcid").subsample(train=160, dev=48, test=48, seed=0)
+    return sslkit.split_budget(data, labeled=0.25, seed=0)
+
+
+def _model(budget):
+    return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32)
+
+
+class _GoldSpy(SelfTraining):
+    """Records every unlabeled batch the method receives."""
+
+    seen_keys: set = set()
+
+    def loss(self, batch, ctx):
+        if batch["unlabeled"] is not None:
+            _GoldSpy.seen_keys |= set(batch["unlabeled"])
+        return super().loss(batch, ctx)
+
+
+def test_rounds_move_pool_rows_and_record_diagnostics(budget, tmp_path):
+    run_dir = tmp_path / "st"
+    method = _GoldSpy(top_k=0.5, threshold="freematch")
+    res = fit(_model(budget), budget, method, run_dir=str(run_dir), **FAST)
+    assert "labels" not in _GoldSpy.seen_keys  # the pool's gold labels never reach the method
+
+    pseudo = pd.read_csv(run_dir / "pseudo_labels.csv", keep_default_na=False)
+    assert len(pseudo) == res.summary["n_pseudo_labeled"] > 0
+    assert set(pseudo["round"]) == {0, 1}  # a round after each epoch
+    assert pseudo["idx"].is_unique and set(pseudo["idx"]).isdisjoint(set(budget.labeled.idx.tolist()))
+    assert set(pseudo["label"]) <= set(budget.label_names)
+    # the precision the trainer reports is the share of pseudo-labels equal to the hidden gold label
+    gold_of = dict(zip(budget.unlabeled.idx.tolist(), budget.unlabeled_gold.tolist()))
+    names = budget.label_names
+    correct = np.mean([names[gold_of[i]] == lab for i, lab in zip(pseudo["idx"], pseudo["label"])])
+    assert res.summary["pseudo_label_precision"] == pytest.approx(correct)
+
+    rounds = read_rounds(run_dir)
+    assert set(rounds["round"]) == {0, 1} and len(rounds) == 2 * budget.num_classes
+    per_round = rounds.groupby("round")["selected"].sum()
+    assert per_round.tolist() == pseudo.groupby("round").size().tolist()
+    assert (rounds["selected"] <= rounds["candidates"]).all()
+    # at least one selected for every class that had candidates (class-balanced top-K)
+    assert ((rounds["candidates"] == 0) | (rounds["selected"] >= 1)).all()
+    first, second = (json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines())
+    assert second["pool"] == first["pool"] - second["selected"]
+    assert first["pool"] == len(budget.unlabeled) - first["selected"]
+
+    traces = read_traces(run_dir)
+    assert len(traces) == res.summary["epochs_run"] * res.history["step"].max() // FAST["epochs"]
+    assert all(len(t) == budget.num_classes for t in traces["tau_c"])
+    hist = res.history.dropna(subset=["dev_accuracy"])
+    assert hist["n_train"].tolist() == [len(budget.labeled) + per_round[0],
+                                        len(budget.labeled) + per_round.sum()]
+
+
+def test_fixed_threshold_selects_nothing_below_it(budget, tmp_path):
+    res = fit(_model(budget), budget, SelfTraining(threshold="fixed", fixed_tau=0.999999, margin=0.0),
+              run_dir=str(tmp_path / "fixed"), **FAST)
+    assert res.summary["n_pseudo_labeled"] == 0
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+class _DiesInEpoch2(SelfTraining):
+    def after_step(self, ctx):
+        if ctx.epoch == 2:
+            raise Interrupted
+
+
+def test_resume_replays_pseudo_label_rounds(budget, tmp_path):
+    kw = dict(top_k=0.5, threshold="freematch", unlabeled_weight=0.5, weight_by_confidence=True)
+    full = fit(_model(budget), budget, SelfTraining(**kw), run_dir=str(tmp_path / "full"), **FAST)
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        fit(_model(budget), budget, _DiesInEpoch2(**kw), run_dir=str(run_dir), **FAST)
+    assert (run_dir / LAST_STATE).exists()
+    again = fit(_model(budget), budget, SelfTraining(**kw), run_dir=str(run_dir), **FAST)
+    assert again.summary["test"] == full.summary["test"]
+    a = pd.read_csv(tmp_path / "full" / "pseudo_labels.csv")
+    b = pd.read_csv(run_dir / "pseudo_labels.csv")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_unlabeled_term_moves_the_weights(budget):
+    """The per-step pseudo-label term must carry gradient (USB's mean-teacher bug, avoided)."""
+    import torch
+
+    from sslkit.trainer import Context, TrainConfig
+
+    model = _model(budget)
+    with torch.no_grad():
+        model.head.weight.mul_(50)  # confident predictions so pseudo-labels pass the threshold
+    method = SelfTraining(threshold="fixed", fixed_tau=0.0, margin=-1.0, unlabeled_weight=1.0)
+
+    class Acc:
+        num_processes = 1
+
+    ctx = Context(model=model, accelerator=Acc(), budget=budget, config=TrainConfig(), num_classes=budget.num_classes)
+    method.setup(ctx)
+    ids = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
+    lab = model.collate(model.tokenize(budget.labeled.texts[:4]))
+    lab["labels"] = torch.as_tensor(budget.labeled.labels[:4])
+    out = method.loss({"labeled": lab, "unlabeled": ids}, ctx)
+    assert out["mask_rate"] == 1.0
+    out["unsup"].requires_grad_(False)
+    model.zero_grad()
+    (out["loss"] - out["sup"]).backward()  # the unsupervised part alone
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
