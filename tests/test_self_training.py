@@ -129,3 +129,21 @@ def test_unlabeled_term_moves_the_weights(budget):
     (out["loss"] - out["sup"]).backward()  # the unsupervised part alone
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_grown_budget_moves_pseudo_labeled_rows(budget):
+    from sslkit.methods import grown_budget
+
+    chosen = budget.unlabeled.idx[[0, 3, 5]]
+    pseudo = pd.DataFrame({"idx": chosen, "label": [budget.label_names[1]] * 3})
+    grown = grown_budget(budget, pseudo)
+    assert len(grown.labeled) == len(budget.labeled) + 3
+    assert len(grown.unlabeled) == len(budget.unlabeled) - 3 == len(grown.unlabeled_gold)
+    assert (grown.unlabeled.labels == -1).all()
+    assert grown.labeled.labels[-3:].tolist() == [1, 1, 1]
+    assert set(chosen.tolist()) <= set(grown.labeled.idx.tolist())
+    assert set(chosen.tolist()).isdisjoint(grown.unlabeled.idx.tolist())
+    gold_of = dict(zip(budget.unlabeled.idx.tolist(), budget.unlabeled_gold.tolist()))
+    assert [gold_of[i] for i in grown.unlabeled.idx.tolist()] == grown.unlabeled_gold.tolist()
+    with pytest.raises(ValueError, match="not in the pool"):
+        grown_budget(budget, pd.DataFrame({"idx": budget.labeled.idx[:1], "label": [budget.label_names[0]]}))

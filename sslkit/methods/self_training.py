@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..thresholds import AdaptiveThreshold, FixedThreshold, class_balanced_top_k
 from .base import Method
+from .supervised import Supervised
 
 
 @dataclass
@@ -102,3 +103,39 @@ class SelfTraining(Method):
     def load_state_dict(self, state: dict) -> None:
         self.th.load_state_dict(state["th"])
         self.rounds_done = state["rounds_done"]
+
+
+def grown_budget(budget, pseudo) -> "Budget":  # noqa: F821 - sslkit.data.Budget
+    """The budget after self-training: labeled = human labels + pseudo-labels (rows of a run's
+    pseudo_labels.csv, matched by ``idx``), pool = the rest. Gold labels stay hidden in the pool."""
+    import dataclasses
+
+    import numpy as np
+
+    names = {n: i for i, n in enumerate(budget.label_names)}
+    idx = np.asarray(pseudo["idx"], dtype=np.int64)
+    labels = np.asarray([names[str(x)] for x in pseudo["label"]], dtype=np.int64)
+    pos = {int(g): p for p, g in enumerate(budget.unlabeled.idx)}
+    missing = [int(i) for i in idx if int(i) not in pos]
+    if missing:
+        raise ValueError(f"pseudo-labels for examples not in the pool: idx {missing[:5]}")
+    rows = np.array([pos[int(i)] for i in idx], dtype=np.int64)
+    moved = budget.unlabeled.subset(rows)
+    moved.labels = labels
+    keep = np.setdiff1d(np.arange(len(budget.unlabeled)), rows)
+    labeled = dataclasses.replace(
+        budget.labeled, texts=budget.labeled.texts + moved.texts, ids=budget.labeled.ids + moved.ids,
+        labels=np.concatenate([budget.labeled.labels, labels]), idx=np.concatenate([budget.labeled.idx, moved.idx]))
+    return dataclasses.replace(budget, labeled=labeled, unlabeled=budget.unlabeled.subset(keep),
+                               unlabeled_gold=budget.unlabeled_gold[keep])
+
+
+@dataclass
+class Retrain(Supervised):
+    """Second stage of self-training: a fresh model (prototype head from the grown labeled set)
+    trained with the supervised loss on human + pseudo-labels, one pass over the grown set per
+    epoch. ``source_run`` names the self-training run whose pseudo-labels it uses."""
+
+    source_run: str = ""
+
+    name = "self_training_retrain"
