@@ -80,6 +80,14 @@ class _Plan:
         return bool(self.changes or self.missing)
 
 
+
+def _as_float(value) -> float:
+    """float(value), or NaN when it is not a number (the caller reports it)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
 def _cell(table: Table, col: str) -> list[str]:
     """A column of the string view, or all "" when the file lacks it."""
     if col in table.frame.columns:
@@ -193,17 +201,11 @@ def _apply_pseudo(plan: _Plan, pseudo: pd.DataFrame, text_col: str) -> None:
         if label not in known:
             raise DataError(f"{here} (id '{pid}'): label '{label}' is not one of the human labels "
                             f"in {path}, column '{plan.label_col}' ({shown or 'none'})")
-        try:
-            conf = float(rec["confidence"])
-        except (TypeError, ValueError):
-            conf = math.nan
+        conf = _as_float(rec["confidence"])
         if not (0.0 <= conf <= 1.0):
             raise DataError(f"{here} (id '{pid}'): confidence must be a number in [0, 1], "
                             f"got {rec['confidence']!r}")
-        try:
-            rnd = float(rec["round"])
-        except (TypeError, ValueError):
-            rnd = math.nan
+        rnd = _as_float(rec["round"])
         if not math.isfinite(rnd) or rnd != int(rnd) or rnd < 0:
             raise DataError(f"{here} (id '{pid}'): round must be a whole number >= 0, "
                             f"got {rec['round']!r}")
