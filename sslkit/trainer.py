@@ -249,23 +249,16 @@ def _epoch_loader(dataset: _Tokenized, batch_size: int, seed: int, epoch: int, c
                                        collate_fn=collate, drop_last=drop_last)
 
 
-def _stream(make_loader, steps: int) -> Iterator[dict]:
-    """Exactly ``steps`` batches, re-shuffling (round r) whenever the data is exhausted."""
+def _stream(make_loader, steps: int | None = None) -> Iterator[dict]:
+    """Exactly ``steps`` batches (endless if None), re-shuffling (round r) whenever the data is
+    exhausted."""
     round_, done = 0, 0
-    while done < steps:
+    while steps is None or done < steps:
         for batch in make_loader(round_):
             yield batch
             done += 1
-            if done >= steps:
+            if steps is not None and done >= steps:
                 return
-        round_ += 1
-
-
-def _cycle(make_loader) -> Iterator[dict]:
-    round_ = 0
-    while True:
-        for batch in make_loader(round_):
-            yield batch
         round_ += 1
 
 
@@ -481,11 +474,13 @@ def fit(
         best, bad_epochs = resume_state["best"], resume_state["bad_epochs"]
         start_epoch = resume_state["epoch"] + 1
         ctx.step = resume_state["step"]
-        for r in resume_state.get("pseudo", []):  # replay the moves of earlier rounds
-            pos = pool.positions_of([r["idx"]])
-            moved = pool.take(pos)
-            train_set.extend(moved["tok"], moved["idx"], [budget.label_names.index(r["label"])], [r["weight"]])
-            pseudo_rows.append(r)
+        replay = resume_state.get("pseudo", [])
+        if replay:  # replay the moves of earlier rounds, in their order, in one take
+            moved = pool.take(pool.positions_of([r["idx"] for r in replay]))
+            class_of = {name: c for c, name in enumerate(budget.label_names)}
+            train_set.extend(moved["tok"], moved["idx"], [class_of[r["label"]] for r in replay],
+                             [r["weight"] for r in replay])
+            pseudo_rows.extend(replay)
         if accelerator.is_main_process:
             log.truncate_after(resume_state["epoch"])
             traces.truncate_after(resume_state["epoch"])
@@ -505,7 +500,7 @@ def fit(
         if pool is not None and len(pool):
             ubs = config.unlabeled_batch_size or config.batch_size
             pool_view = _Tokenized(pool.tok, pool.idx, None)
-            unl_iter = _cycle(lambda r: accelerator.prepare_data_loader(
+            unl_iter = _stream(lambda r: accelerator.prepare_data_loader(
                 _epoch_loader(pool_view, ubs, config.seed + 7919, epoch * 1000 + r, collate)))
         pmodel.train()
         t0 = time.time()
