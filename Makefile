@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sslkit-installed
 
-.PHONY: venv book test unit notebooks lab clean
+.PHONY: venv book test unit notebooks sweep sweep-gpu lab clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,13 @@ unit: venv
 # every notebook end to end at smoke size (SSLKIT_SMOKE=1: tiny subset, one epoch)
 notebooks: venv
 	SSLKIT_SMOKE=1 SSLKIT_REPORTS=$(CURDIR)/.cache/smoke-reports $(VENV)/bin/pytest -q --nbval-lax --nbval-kernel-name sslkit -p no:cacheprovider notebooks
+
+# a grid of notebooks x parameters (finished points are skipped; Ctrl-C and rerun to continue)
+sweep: venv
+	$(VENV)/bin/sslkit sweep sweeps/default.yaml
+
+sweep-gpu: venv
+	$(VENV)/bin/sslkit sweep sweeps/gpu.yaml
 
 lab: venv
 	$(PY) -m pip install --quiet -e ".[lab]"

@@ -185,6 +185,8 @@ def run_notebook(
     progress: bool = False,
     html: bool = True,
     log_output: bool = False,
+    output: str | os.PathLike | None = None,
+    timings: bool = True,
 ) -> Path:
     """Execute one notebook with papermill into ``reports/<stem>.ipynb`` and render
     ``reports/<stem>.html``; returns the HTML path (the executed .ipynb when ``html=False``).
@@ -193,6 +195,9 @@ def run_notebook(
     parameters and outcome are merged into ``reports/book_timings.json``. When a cell fails, the
     partial notebook is still rendered and recorded (``ok: false``), then the error is re-raised
     (``papermill.PapermillExecutionError``).
+
+    ``output`` puts the executed copy elsewhere (its HTML beside it), e.g. one file per sweep point
+    (run records still go to ``reports/runs``); ``timings=False`` leaves book_timings.json alone.
     """
     import papermill
 
@@ -206,8 +211,11 @@ def run_notebook(
     out_dir = reports_dir(reports).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = source.stem
-    executed = out_dir / f"{stem}.ipynb"
-    page = out_dir / f"{stem}.html"
+    executed = Path(output).resolve() if output is not None else out_dir / f"{stem}.ipynb"
+    if executed.suffix != ".ipynb":
+        raise ValueError(f"{executed}: the executed copy needs the .ipynb suffix")
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    page = executed.with_suffix(".html")
     if executed == source:
         raise ValueError(f"{source}: the reports folder holds the notebook itself; pick another")
     for stale in (executed, page):  # never show an old report for a new run
@@ -230,13 +238,14 @@ def run_notebook(
     rendered = None
     if html and executed.is_file():
         rendered = render_html(executed, page)
-    _record_timing(out_dir, stem, {
-        "seconds": round(seconds, 3),
-        "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "parameters": params,
-        "ok": error is None,
-        "error": None if error is None else _describe_error(error),
-    })
+    if timings:
+        _record_timing(out_dir, stem, {
+            "seconds": round(seconds, 3),
+            "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "parameters": params,
+            "ok": error is None,
+            "error": None if error is None else _describe_error(error),
+        })
     if error is not None:
         raise error
     return rendered if rendered is not None else executed
@@ -337,9 +346,94 @@ def _notebook_pages(reports: Path) -> list[Path]:
     return sorted(pages, key=lambda p: (order.get(p.stem, len(BOOK)), p.stem))
 
 
+def _html_table(frame, numeric: Sequence[str] = ()) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in frame.columns)
+    body = []
+    for _, row in frame.iterrows():
+        cells = "".join(("<td class=\"num\">" if c in numeric else "<td>") + f"{_e(v)}</td>"
+                        for c, v in zip(frame.columns, row))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _ablation_section(out_dir: Path) -> list[str]:
+    """Links to the ablation notebook and files, and the table itself from ablation.csv."""
+    parts = ["<h2>Ablation</h2>"]
+    links = [(name, label) for name, label in (("06_ablation.html", "notebook 06_ablation"),
+                                               ("ablation.md", "ablation.md"),
+                                               ("ablation.csv", "ablation.csv"))
+             if (out_dir / name).is_file()]
+    if not links:
+        parts.append('<p class="empty">No ablation yet: notebook 06_ablation (the last chapter of '
+                     "<code>sslkit book</code>) writes ablation.csv and ablation.md.</p>")
+        return parts
+    parts.append("<p>" + " · ".join(f'<a href="{_e(n)}">{_e(label)}</a>' for n, label in links) + "</p>")
+    if (out_dir / "ablation.csv").is_file():
+        try:
+            import pandas as pd
+
+            from .ablation import format_table
+
+            table = pd.read_csv(out_dir / "ablation.csv", keep_default_na=True,
+                                dtype={"budget": str, "seeds": str})
+            if len(table):
+                shown = format_table(table)
+                parts.append(_html_table(shown, numeric=[c for c in shown.columns if c not in (
+                    "dataset", "backbone", "budget", "method")]))
+                parts.append('<p class="sub">Test scores in percent, mean ± std over seeds (n runs); '
+                             "gap closed: share of the supervised → all-labels gap (see ablation.md)."
+                             "</p>")
+        except Exception as err:  # an old or hand-edited file: keep the links
+            parts.append(f'<p class="failed">ablation.csv could not be shown: {_e(err)}</p>')
+    return parts
+
+
+def _sweeps_section(out_dir: Path) -> list[str]:
+    """One table per sweep under reports/sweeps: each point's status, time and links."""
+    from .sweep import sweep_status
+
+    sweeps = sweep_status(out_dir)
+    if not sweeps:
+        return []
+    parts = ["<h2>Sweeps</h2>"]
+    for name, rows in sweeps.items():
+        manifest = {}
+        try:
+            manifest = read_json(out_dir / "sweeps" / name / "sweep.json")
+        except (OSError, json.JSONDecodeError):
+            pass
+        labels = manifest.get("labels") or {} if isinstance(manifest, dict) else {}
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[str(row.get("status"))] = counts.get(str(row.get("status")), 0) + 1
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        parts.append(f'<h3>{_e(name)}</h3><p class="sub">{len(rows)} point(s): {_e(summary)}</p>')
+        parts.append("<table><thead><tr><th>point</th><th>status</th><th>time</th><th>report</th>"
+                     "<th>error</th></tr></thead><tbody>")
+        for row in rows:
+            point = str(row.get("point"))
+            label = labels.get(point) or " ".join(
+                [str(row.get("notebook") or point)]
+                + [f"{k}={v}" for k, v in (row.get("parameters") or {}).items()])
+            links = []
+            for key, text in (("html", "html"), ("log", "log")):
+                rel = row.get(key)
+                if rel and (out_dir / rel).is_file():
+                    links.append(f'<a href="{_e(rel)}">{text}</a>')
+            status = str(row.get("status"))
+            cls = ' class="failed"' if status in ("failed", "interrupted") else ""
+            parts.append(f"<tr><td>{_e(label)}</td><td{cls}>{_e(status)}</td>"
+                         f'<td class="num">{_e(_fmt_seconds(row.get("seconds")))}</td>'
+                         f"<td>{' '.join(links)}</td><td>{_e(row.get('error') or '')}</td></tr>")
+        parts.append("</tbody></table>")
+    return parts
+
+
 def build_index(reports: str | os.PathLike | None = None) -> Path:
     """Write ``reports/index.html``: links to the rendered notebooks (book order, then others)
-    with their wall time, and one table row per run record (``load_runs``)."""
+    with their wall time, the ablation (links to 06_ablation.html, ablation.md/.csv and its
+    table), every sweep under reports/sweeps (each point's status and report), and one table
+    row per run record (``load_runs``)."""
     out_dir = reports_dir(reports)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = _read_timings(out_dir)
@@ -363,6 +457,9 @@ def build_index(reports: str | os.PathLike | None = None) -> Path:
         parts.append("</ul>")
     else:
         parts.append('<p class="empty">No rendered notebooks yet.</p>')
+
+    parts += _ablation_section(out_dir)
+    parts += _sweeps_section(out_dir)
 
     parts.append("<h2>Runs</h2>")
     runs = load_runs(out_dir)

@@ -5,9 +5,11 @@
     sslkit index                                                 # rebuild reports/index.html
     sslkit predict reports/runs/<run_id> new.csv                 # new.predictions.csv
     sslkit pseudo-label tickets.csv --label-col intent           # fill blank labels in place
+    sslkit sweep sweeps/default.yaml [--dry-run]                 # a grid of notebooks x parameters
 
 Exit codes: 0 done, 1 a notebook failed (its partial HTML is written), 2 bad input (message on
-stderr, no traceback). Heavy imports (torch, papermill) happen inside the subcommands.
+stderr, no traceback); an interrupted sweep exits 128 + the signal (130 Ctrl-C, 143 SIGTERM).
+Heavy imports (torch, papermill) happen inside the subcommands.
 """
 from __future__ import annotations
 
@@ -277,6 +279,33 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import signal
+
+    from .sweep import load_grid, run_sweep
+
+    grid = load_grid(args.grid, args.notebooks_dir)
+    result = run_sweep(grid, args.reports, kernel=args.kernel, gpus=args.gpus, dry_run=args.dry_run,
+                       progress=args.progress)
+    if args.dry_run:
+        return 0
+    if result.signum is not None:
+        print(f"sslkit sweep: interrupted by {signal.Signals(result.signum).name}; "
+              f"{len(result.done)} point(s) finished in this run, {len(result.interrupted)} stopped "
+              "(not marked done); run the same command again to continue", file=sys.stderr)
+        return 128 + result.signum
+    from .runs import reports_dir
+
+    print(f"sweep {result.name}: {len(result.done)} run, {len(result.skipped)} skipped (done before), "
+          f"{len(result.failed)} failed; {result.folder}")
+    print(reports_dir(args.reports) / "index.html")
+    if result.failed:
+        for name, error in result.failed.items():
+            print(f"sslkit sweep: {name} failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_book_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="a notebook parameter (repeatable); VALUE is parsed as int, float, "
@@ -288,10 +317,10 @@ def _add_book_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="show progress bars")
 
 
-#: subcommand -> handler. ``sweep`` and ``pseudo-label`` will register here.
+#: subcommand -> handler.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "book": _cmd_book, "index": _cmd_index, "predict": _cmd_predict,
-    "pseudo-label": _cmd_pseudo_label,
+    "pseudo-label": _cmd_pseudo_label, "sweep": _cmd_sweep,
 }
 
 
@@ -308,6 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true",
                    help="run the remaining notebooks after one fails")
     _add_book_options(p)
+
+    p = sub.add_parser(
+        "sweep", help="run a grid of notebooks x parameters (papermill), skipping finished points",
+        description="Run every point of a grid file (notebooks x parameter values, see "
+                    "sweeps/default.yaml) with papermill: serially on a CPU, one worker per GPU "
+                    "(CUDA_VISIBLE_DEVICES) otherwise. Executed copies, HTML, logs and a status "
+                    "file per point go to REPORTS/sweeps/<grid>/; points marked done are skipped, "
+                    "a failing point is recorded and the sweep goes on (exit 1 at the end). "
+                    "Ctrl-C or SIGTERM stops the running kernels; run again to continue.")
+    p.add_argument("grid", metavar="GRID.yaml", help="the grid file")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what is skipped")
+    p.add_argument("--reports", default=None,
+                   help="reports folder (default $SSLKIT_REPORTS or ./reports)")
+    p.add_argument("--notebooks-dir", default=None,
+                   help="where notebook stems are looked up (default: the grid file's "
+                        "notebooks_dir, else ./notebooks)")
+    p.add_argument("--kernel", default="sslkit", help="Jupyter kernel name (default sslkit)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPU workers (default: every visible GPU; 0: one worker, no GPU assignment)")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars inside the notebooks (written to each point's .log)")
 
     p = sub.add_parser("index", help="rebuild reports/index.html")
     p.add_argument("--reports", default=None)

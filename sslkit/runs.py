@@ -119,29 +119,87 @@ def flatten(obj: dict, prefix: str = "") -> dict:
     return out
 
 
+def runs_folder(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the run records: ``<root>/runs`` for a reports folder, or ``root``
+    itself when it is a runs folder already (its subfolders hold summary.json files)."""
+    base = reports_dir(root)
+    if (base / "runs").is_dir() or root is None:
+        return base / "runs"
+    if base.is_dir() and any((p / "summary.json").is_file() for p in base.iterdir() if p.is_dir()):
+        return base
+    return base / "runs"
+
+
 def iter_run_dirs(root: str | os.PathLike | None = None) -> Iterable[Path]:
-    runs = reports_dir(root) / "runs"
+    """The run folders with a summary.json under a reports folder (or a runs folder)."""
+    runs = runs_folder(root)
     if not runs.is_dir():
         return []
     return sorted(p for p in runs.iterdir() if (p / "summary.json").is_file())
 
 
+#: config.json keys that identify a run or do not change its result; left out of ``knobs``.
+_IDENTITY = {"run_id", "notebook", "config_hash", "versions", "argv", "dataset", "budget", "seed",
+             "backbone", "method"}
+_HOUSEKEEPING = {"train.seed", "train.device", "train.log_every", "train.eval_batch_size",
+                 "train.save_checkpoint", "train.run_name", "train.progress", "train.resume",
+                 "train.reuse", "train.track_test", "train.run_dir", "backbone.name",
+                 "backbone.num_labels", "backbone.model_type", "backbone.kind", "method.name"}
+
+
+def run_knobs(config: dict) -> dict:
+    """The settings of a run's config.json that may differ between variants of one method, flat:
+    ``{"method.threshold": "fixed", "train.lr": 0.002, "backbone.lora.r": 16, ...}``.
+
+    Identity fields (dataset, budget, seed, backbone name, method name) and settings that do not
+    change results (device, logging, checkpoint saving) are left out. A trainer record nests its
+    settings under method / train / backbone; a flat record (the frozen-embedding references)
+    contributes its remaining top-level keys (e.g. ``C``, ``max_length``).
+    """
+    if not isinstance(config, dict):
+        return {}
+    out: dict = {}
+    nested = False
+    for part in ("method", "train", "backbone"):
+        if isinstance(config.get(part), dict):
+            nested = True
+            out.update(flatten(config[part], f"{part}."))
+    if not nested:
+        out = {k: v for k, v in config.items() if k not in _IDENTITY}
+    return {k: v for k, v in out.items() if k not in _HOUSEKEEPING}
+
+
 def load_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """One row per finished run (every reports/runs/*/summary.json), with flattened columns such as
-    ``test.accuracy``, ``test.macro_f1``, ``dev.macro_f1``, ``minutes`` and the run's ``run_dir``."""
+    """One row per finished run (every summary.json under ``root``: a reports folder, default
+    $SSLKIT_REPORTS or ./reports, or its runs/ folder), with flattened columns such as
+    ``test.accuracy``, ``test.macro_f1``, ``dev.macro_f1``, ``minutes``, the run's ``run_dir``,
+    and from its config.json ``config_hash`` and ``knobs`` (:func:`run_knobs` as a JSON string
+    with sorted keys, so runs of the same settings compare equal; None without a config.json)."""
     rows = []
     for run_dir in iter_run_dirs(root):
         try:
             summary = read_json(run_dir / "summary.json")
         except (OSError, json.JSONDecodeError):
             continue
+        if not isinstance(summary, dict):
+            continue
         flat = flatten(summary)
         flat["run_dir"] = str(run_dir)
+        try:
+            config = read_json(run_dir / "config.json")
+        except (OSError, json.JSONDecodeError):
+            config = None
+        if isinstance(config, dict):
+            flat["config_hash"] = config.get("config_hash")
+            flat["knobs"] = json.dumps(run_knobs(config), sort_keys=True, default=_default,
+                                       ensure_ascii=False)
+        else:
+            flat["config_hash"] = flat["knobs"] = None
         rows.append(flat)
     columns = ["run_id", "notebook", "dataset", "budget", "method", "backbone", "seed",
                "test.accuracy", "test.macro_f1", "minutes"]
     if not rows:
-        return pd.DataFrame(columns=columns + ["run_dir"])
+        return pd.DataFrame(columns=columns + ["run_dir", "config_hash", "knobs"])
     df = pd.DataFrame(rows)
     first = [c for c in columns if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]]

@@ -124,6 +124,20 @@ def test_run_notebook_failure_records_and_renders(tmp_path):
     assert "before the error" in page and "boom-7" in page
 
 
+def test_run_notebook_output_elsewhere_without_timings(tmp_path):
+    """A sweep point's copy goes to its own path; the book's copy and timings stay untouched."""
+    nb = _notebook(tmp_path / "notebooks" / "tiny.ipynb", "print('value', x * 3)")
+    reports = tmp_path / "reports"
+    out = reports / "sweeps" / "g" / "tiny-0123abcd.ipynb"
+    page = run_notebook(nb, {"x": 5}, reports=reports, kernel=KERNEL, output=out, timings=False)
+    assert page == out.resolve().with_suffix(".html") and page.is_file()
+    assert "value 15" in _outputs(out)
+    assert not (reports / "tiny.ipynb").exists() and not (reports / "tiny.html").exists()
+    assert not (reports / "book_timings.json").exists()
+    with pytest.raises(ValueError, match=".ipynb suffix"):
+        run_notebook(nb, reports=reports, kernel=KERNEL, output=reports / "x.html")
+
+
 def test_run_notebook_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError):
         run_notebook(tmp_path / "missing.ipynb", reports=tmp_path / "r")
@@ -176,6 +190,39 @@ def test_build_index(tmp_path):
         < page.index('href="zz_extra.html"')
     assert page.index("hwu64-0.05") < page.index("banking77-10pc") < page.index("odd-&lt;b&gt;")
     assert 'href="index.html"' not in page
+
+
+def test_build_index_links_ablation_and_sweeps(tmp_path):
+    from sslkit.ablation import fixture_runs, write_ablation
+    from sslkit.runs import load_runs, write_json
+
+    reports = tmp_path / "reports"
+    page = build_index(reports).read_text(encoding="utf-8")
+    assert "No ablation yet" in page and "Sweeps" not in page
+
+    write_ablation(load_runs(fixture_runs()), reports)
+    (reports / "06_ablation.html").write_text("<html>06</html>")
+    sweep = reports / "sweeps" / "default"
+    write_json(sweep / "sweep.json", {"points": ["01_supervised-aaaaaaaa", "01_supervised-bbbbbbbb",
+                                                 "01_supervised-cccccccc"],
+                                      "labels": {"01_supervised-aaaaaaaa": "01_supervised labeled=0.05"}})
+    write_json(sweep / "01_supervised-aaaaaaaa.json", {
+        "point": "01_supervised-aaaaaaaa", "notebook": "01_supervised", "parameters": {"labeled": 0.05},
+        "status": "done", "seconds": 125.0, "html": "sweeps/default/01_supervised-aaaaaaaa.html"})
+    (sweep / "01_supervised-aaaaaaaa.html").write_text("<html>point</html>")
+    write_json(sweep / "01_supervised-bbbbbbbb.json", {
+        "point": "01_supervised-bbbbbbbb", "notebook": "01_supervised", "parameters": {"labeled": 0.1},
+        "status": "failed", "error": "ValueError: <bad>"})
+    page = build_index(reports).read_text(encoding="utf-8")
+    assert '<a href="ablation.md">' in page and '<a href="ablation.csv">' in page
+    assert page.count('href="06_ablation.html"') == 2  # in the notebook list and the ablation links
+    assert "mean_teacher" in page and "85.88 ± 0.33" in page  # the table from ablation.csv
+    assert page.index("<h2>Ablation</h2>") < page.index("<h2>Sweeps</h2>") < page.index("<h2>Runs</h2>")
+    assert "<h3>default</h3>" in page and "1 done, 1 failed, 1 pending" in page
+    assert 'href="sweeps/default/01_supervised-aaaaaaaa.html"' in page and "2 min 05 s" in page
+    assert "01_supervised labeled=0.05" in page and "01_supervised labeled=0.1" in page
+    assert "ValueError: &lt;bad&gt;" in page
+    assert page.index("-aaaaaaaa.html") < page.index("labeled=0.1") < page.index("<td>pending</td>")
 
 
 # --------------------------------------------------------------------------- CLI
