@@ -22,11 +22,11 @@ from .backbone import Backbone, LoraSettings, embed, load_backbone, load_saved_b
 from .data import Budget, DatasetSplits, TextDataset, dataset_names, load_dataset, split_budget  # noqa: E402
 from .metrics import classification_metrics, per_class_report  # noqa: E402
 from .runs import load_runs, read_metrics  # noqa: E402
-from .trainer import RunResult, TrainConfig, evaluate, fit  # noqa: E402
+from .trainer import RunResult, TrainConfig, evaluate, fit, results_table, train_defaults  # noqa: E402
 
 __all__ = [
     "SMOKE", "Backbone", "Budget", "DatasetSplits", "LoraSettings", "RunResult", "TextDataset",
     "TrainConfig", "classification_metrics", "dataset_names", "embed", "evaluate", "fit",
     "load_backbone", "load_dataset", "load_runs", "load_saved_backbone", "methods",
-    "per_class_report", "read_metrics", "split_budget",
+    "per_class_report", "read_metrics", "results_table", "split_budget", "train_defaults",
 ]

@@ -171,16 +171,41 @@ class Backbone(nn.Module):
     def num_labels(self) -> int:
         return self.info.num_labels
 
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+    def features(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs_embeds is not None:
+            out = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        else:
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         return self._pool(out.last_hidden_state, attention_mask).float()
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_features: bool = False
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, return_features: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
     ):
-        h = self.features(input_ids, attention_mask)
+        """Logits (and pooled features). ``inputs_embeds`` [B, T, D] replaces the token embedding
+        lookup (used by FGM adversarial noise, which perturbs :meth:`input_embeddings`)."""
+        h = self.features(input_ids, attention_mask, inputs_embeds)
         logits = self.head(h)
         return (logits, h) if return_features else logits
+
+    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The word-embedding lookup [B, T, D] (positions are added inside the encoder)."""
+        return self.encoder.get_input_embeddings()(input_ids)
+
+    @property
+    def mask_token_id(self) -> int:
+        """The id token-replacement noise writes: [MASK] if the tokenizer has one, else unk/eos."""
+        t = self.tokenizer
+        for tid in (t.mask_token_id, t.unk_token_id, t.eos_token_id, t.pad_token_id):
+            if tid is not None:
+                return int(tid)
+        return 0
+
+    @property
+    def special_token_ids(self) -> set[int]:
+        """Ids noise never deletes, swaps or replaces ([CLS], [SEP], pad, bos/eos...)."""
+        return {int(i) for i in self.tokenizer.all_special_ids}
 
     # ------------------------------------------------------------------ tokenisation
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
@@ -292,7 +317,7 @@ def load_backbone(
     pooling: str = "auto",
     head: str = "cosine",
     scale: float = 20.0,
-    max_length: int = 64,
+    max_length: int | None = None,
     dtype: str | torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     seed: int | None = 0,
@@ -300,8 +325,17 @@ def load_backbone(
     """Load a pretrained encoder/decoder from the installed 'minilm' or a local folder and wrap it.
 
     lora: ``True`` (r=16, alpha=32 on the architecture's targets), an int rank, a dict/LoraSettings,
-    or ``None``/``False`` for a frozen backbone (only the head trains).
+    or ``None``/``False`` for a frozen backbone (only the head trains). ``max_length``: tokens per
+    text (None: 64). ``"fasttext"`` builds :func:`sslkit.fasttext.load_fasttext` instead (hashed
+    n-grams trained from scratch; ``max_length`` then counts n-gram ids, None: its own default).
     """
+    if str(name_or_path).lower() == "fasttext":  # hashed n-grams trained from scratch (issue 7)
+        from .fasttext import load_fasttext
+
+        extra = {} if max_length is None else {"max_length": max_length}
+        return load_fasttext(num_labels, lora=lora, pooling=pooling, head=head, scale=scale, dtype=dtype,
+                             gradient_checkpointing=gradient_checkpointing, seed=seed, **extra)
+    max_length = 64 if max_length is None else max_length
     if seed is not None:
         torch.manual_seed(seed)  # head init and LoRA init are reproducible
     path = resolve_model_path(name_or_path)
@@ -358,6 +392,10 @@ def load_saved_backbone(directory: str | Path, dtype: str | torch.dtype | None =
     if not cfg_file.is_file():
         raise ValueError(f"{directory}: no {SAVE_CONFIG}; not a saved sslkit backbone")
     info = BackboneInfo(**json.loads(cfg_file.read_text()))
+    if info.kind == "fasttext":
+        from .fasttext import load_saved_fasttext
+
+        return load_saved_fasttext(directory)
     base_path = Path(info.path) if Path(info.path).exists() else resolve_model_path(info.name)
     backbone = load_backbone(
         str(base_path), info.num_labels, lora=None, pooling=info.pooling, head=info.head,

@@ -171,6 +171,41 @@ class RunResult:
         return pd.read_csv(self.run_dir / "predictions.csv", keep_default_na=False)
 
 
+#: fit() keywords per backbone family; "fasttext" takes sslkit.fasttext.TRAIN_DEFAULTS on top.
+PRETRAINED_TRAIN_DEFAULTS = {"epochs": 6, "batch_size": 32, "lr": 2e-3}
+
+
+def train_defaults(backbone: str = "minilm", **overrides: Any) -> dict:
+    """The fit() keywords a notebook passes: the backbone's recommended values (LoRA on a pretrained
+    model: 6 epochs, batch 32, lr 2e-3; FastText: :data:`sslkit.fasttext.TRAIN_DEFAULTS`), then every
+    override that is not None -- so a notebook parameter left at None means "the backbone's default"."""
+    out = dict(PRETRAINED_TRAIN_DEFAULTS)
+    if str(backbone).lower() == "fasttext":
+        from .fasttext import TRAIN_DEFAULTS
+
+        out.update(TRAIN_DEFAULTS)
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    TrainConfig.from_kwargs(**out)  # unknown keywords fail here, with the list of known ones
+    return out
+
+
+def results_table(results: dict[str, "RunResult"], baseline: str | None = None) -> pd.DataFrame:
+    """One row per named run: test accuracy / macro-F1 (and the change against ``baseline``), best
+    epoch, the weights tested, pseudo-labels, minutes and training samples per second."""
+    rows = {}
+    for name, r in results.items():
+        s = r.summary
+        rows[name] = {"accuracy": r.test.get("accuracy"), "macro_f1": r.test.get("macro_f1"),
+                      "best_epoch": s.get("best_epoch"), "tested": s.get("best_variant", "model"),
+                      "n_pseudo": s.get("n_pseudo_labeled", 0), "minutes": s.get("minutes"),
+                      "samples_per_s": s.get("train_samples_per_second"), "seed": s.get("seed"),
+                      "run_id": r.run_id}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if baseline is not None and baseline in table.index:
+        table.insert(2, "delta_accuracy", table["accuracy"] - table.loc[baseline, "accuracy"])
+    return table
+
+
 # --------------------------------------------------------------------------- data plumbing
 class _Tokenized(torch.utils.data.Dataset):
     def __init__(self, ids: list[list[int]], idx: np.ndarray, labels: np.ndarray | None,
@@ -242,9 +277,32 @@ def _collate_fn(model: Backbone):
     return collate
 
 
-def _epoch_loader(dataset: _Tokenized, batch_size: int, seed: int, epoch: int, collate, drop_last=False):
-    """A loader whose shuffle depends only on (seed, epoch): resuming replays the same order."""
-    perm = np.random.default_rng([seed, epoch]).permutation(len(dataset)).tolist()
+class _FixedBatches(torch.utils.data.Sampler):
+    """A batch sampler over precomputed batches (lists of positions), e.g. P classes x K examples."""
+
+    def __init__(self, batches: list[list[int]], batch_size: int):
+        self.batches, self.batch_size, self.drop_last = [list(map(int, b)) for b in batches], batch_size, False
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _epoch_loader(dataset: _Tokenized, batch_size: int, seed: int, epoch: int, collate, drop_last=False,
+                  batches=None):
+    """A loader whose order depends only on (seed, epoch): resuming replays the same order.
+
+    ``batches(labels, batch_size, rng)`` (a method's :meth:`~sslkit.methods.base.Method.labeled_batches`)
+    may return the batches itself; None means a plain shuffle."""
+    rng = np.random.default_rng([seed, epoch])
+    if batches is not None:
+        order = batches(dataset.labels, batch_size, rng)
+        if order is not None:
+            return torch.utils.data.DataLoader(dataset, batch_sampler=_FixedBatches(order, batch_size),
+                                               collate_fn=collate)
+    perm = rng.permutation(len(dataset)).tolist()
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=perm,
                                        collate_fn=collate, drop_last=drop_last)
 
@@ -495,7 +553,8 @@ def fit(
         ctx.epoch = epoch
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout: same stream with or without resume
         lab_stream = _stream(lambda r: accelerator.prepare_data_loader(
-            _epoch_loader(train_set, config.batch_size, config.seed, epoch * 1000 + r, collate)), steps_per_epoch)
+            _epoch_loader(train_set, config.batch_size, config.seed, epoch * 1000 + r, collate,
+                          batches=method.labeled_batches)), steps_per_epoch)
         unl_iter = None
         if pool is not None and len(pool):
             ubs = config.unlabeled_batch_size or config.batch_size
@@ -534,20 +593,29 @@ def fit(
         unwrapped = accelerator.unwrap_model(pmodel)
         record = {"epoch": epoch, "step": ctx.step, "epoch_loss": float(np.mean(losses)) if losses else None,
                   "epoch_seconds": epoch_seconds, "n_train": len(train_set), "pool": ctx.pool_size, **stats}
-        if budget.dev is not None:
-            dev_m = evaluate(unwrapped, budget.dev, config.eval_batch_size, accelerator)["metrics"]
-            score = dev_m["macro_f1"]
-            record.update(dev_accuracy=dev_m["accuracy"], dev_macro_f1=dev_m["macro_f1"])
-        else:
-            score = float(epoch)  # no dev split: the last epoch is the best
-        if config.track_test and budget.test is not None:
-            test_m = evaluate(unwrapped, budget.test, config.eval_batch_size, accelerator)["metrics"]
-            record.update(test_accuracy=test_m["accuracy"], test_macro_f1=test_m["macro_f1"])
-        if score > best["dev_macro_f1"]:
-            best = {"dev_macro_f1": score, "epoch": epoch, "state": unwrapped.trainable_state_dict()}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
+        # the model itself and any extra weights the method offers (a mean teacher): each scored on
+        # dev; the best of all, over epochs, is the checkpoint that gets tested
+        student = unwrapped.trainable_state_dict()
+        variants = {"": student, **{f"_{k}": v for k, v in method.eval_states(ctx).items()}}
+        improved = False
+        for suffix, state in variants.items():
+            if suffix:
+                unwrapped.load_trainable_state_dict(state)
+            if budget.dev is not None:
+                dev_m = evaluate(unwrapped, budget.dev, config.eval_batch_size, accelerator)["metrics"]
+                score = dev_m["macro_f1"]
+                record.update({f"dev_accuracy{suffix}": dev_m["accuracy"], f"dev_macro_f1{suffix}": dev_m["macro_f1"]})
+            else:
+                score = float(epoch)  # no dev split: the last epoch (of the model itself) is the best
+            if config.track_test and budget.test is not None:
+                test_m = evaluate(unwrapped, budget.test, config.eval_batch_size, accelerator)["metrics"]
+                record.update({f"test_accuracy{suffix}": test_m["accuracy"], f"test_macro_f1{suffix}": test_m["macro_f1"]})
+            if score > best["dev_macro_f1"]:
+                best = {"dev_macro_f1": score, "epoch": epoch, "state": state, "variant": suffix[1:] or "model"}
+                improved = True
+        if len(variants) > 1:
+            unwrapped.load_trainable_state_dict(student)
+        bad_epochs = 0 if improved else bad_epochs + 1
         record["best_epoch"] = best["epoch"]
         if accelerator.is_main_process:
             log.write(record)
@@ -579,7 +647,7 @@ def fit(
         "method": method.name, "backbone": model.info.name, "seed": config.seed,
         "n_labeled": len(budget.labeled), "n_unlabeled": len(budget.unlabeled),
         "n_pseudo_labeled": len(pseudo_rows), "pseudo_label_precision": _precision(pseudo_rows),
-        "best_epoch": best["epoch"], "epochs_run": ctx.epoch, "stopped_early": stopped_early,
+        "best_epoch": best["epoch"], "best_variant": best.get("variant", "model"), "epochs_run": ctx.epoch, "stopped_early": stopped_early,
         "dev": dev["metrics"] if dev else None, "test": test["metrics"] if test else None,
         "train_seconds": train_seconds, "minutes": (time.time() - started) / 60.0,
         "train_samples_per_second": n_seen / train_seconds if train_seconds else None,

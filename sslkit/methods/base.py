@@ -36,6 +36,17 @@ class Method:
         """Called after each epoch, before evaluation; returns loggable stats."""
         return {}
 
+    def labeled_batches(self, labels, batch_size: int, rng) -> list[list[int]] | None:
+        """Batches of positions into the labeled training set (whose labels are ``labels``) for one
+        pass, drawn with ``rng`` (seeded per epoch by the trainer); None: a plain shuffle. E.g. the
+        P classes x K examples batches supervised contrastive losses need."""
+        return None
+
+    def eval_states(self, ctx: Any) -> dict[str, dict[str, torch.Tensor]]:
+        """Extra trainable states the trainer scores on dev after each epoch beside the model
+        itself, by name (a mean teacher's EMA weights); the best on dev is the one tested."""
+        return {}
+
     def state_dict(self) -> dict:
         """Per-run state that must survive a resume (tensors, counters)."""
         return {}

@@ -1,0 +1,258 @@
+"""Consistency methods (issue 4): Π-model, temporal ensembling, mean teacher.
+
+All three train on a batch made of the labeled part and the unlabeled part (padded into one
+batch) with loss = L_sup(labeled) + w(t) * L_cons(all), where L_cons compares a noisy prediction
+with a target (:func:`sslkit.consistency.consistency_loss`: "mse" | "kl" | "l1") and w(t) ramps up
+after a first epoch at 0 (:func:`sslkit.consistency.consistency_weight`). The noise is chosen per
+run: ``"dropout"`` (train-mode passes differ), ``"token"`` (deletion / swap / replacement at
+``noise_rate``, :func:`sslkit.augment.token_noise`) or ``"fgm"`` (adversarial noise on the input
+embeddings, :func:`sslkit.augment.adversarial_embeddings`).
+
+* Π-model (Laine & Aila 2017): two noisy passes of the same batch; the second is the target. As in
+  USB's implementation the target is detached, so it runs without a graph (cheaper than two
+  differentiated passes; same fixed point).
+* Temporal ensembling (Laine & Aila 2017): a per-example ensemble Z [N, C] over the whole training
+  set (global ``idx``), Z <- alpha Z + (1 - alpha) z after each epoch, target Z / (1 - alpha^t).
+  Here z comes from one noisy, gradient-free pass over every training example at the end of the
+  epoch (an epoch of this trainer is one pass over the *labeled* set, which visits only part of the
+  pool, so the per-step outputs alone would leave most of Z empty).
+* Mean teacher (Tarvainen & Valpola 2017): the teacher is an EMA of the student's *trainable*
+  weights only (LoRA adapters + head); the frozen base weights are shared through
+  ``torch.func.functional_call``, never copied. Decay min(1 - 1/(step + 1), 0.99) during the
+  ramp-up, ``ema_decay`` (0.999) after. The trainer scores student and teacher on dev after each
+  epoch and tests the better (:meth:`MeanTeacher.eval_states`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from ..augment import adversarial_embeddings, token_noise
+from ..consistency import (consistency_loss, consistency_weight, ema_decay, ema_update_, ensemble_update_,
+                           temporal_target)
+from .base import Method
+
+#: Maximum consistency weight per loss when ``max_weight`` is None (MSE/L1 are summed over classes).
+DEFAULT_MAX_WEIGHT = {"mse": 5.0, "kl": 1.0, "l1": 1.0}
+NOISES = ("dropout", "token", "fgm")
+
+
+def _pad_id(model) -> int:
+    tok = getattr(model, "tokenizer", None)
+    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
+    return int(pid) if pid is not None else 0
+
+
+def cat_batches(lab: dict, unl: dict | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch from the labeled and unlabeled parts: (input_ids, attention_mask, idx), labeled rows
+    first, right-padded with ``pad_id`` to the longer of the two."""
+    if unl is None:
+        return lab["input_ids"], lab["attention_mask"], lab["idx"]
+    T = max(lab["input_ids"].shape[1], unl["input_ids"].shape[1])
+
+    def pad(t: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, T - t.shape[1]), value=value)
+
+    ids = torch.cat([pad(lab["input_ids"], pad_id), pad(unl["input_ids"], pad_id)])
+    mask = torch.cat([pad(lab["attention_mask"], 0), pad(unl["attention_mask"], 0)])
+    return ids, mask, torch.cat([lab["idx"], unl["idx"]])
+
+
+@dataclass
+class _Consistency(Method):
+    consistency: str = "mse"          # "mse" | "kl" | "l1"
+    max_weight: float | None = None   # None: DEFAULT_MAX_WEIGHT[consistency]
+    rampup: str = "sigmoid"           # "linear" | "sigmoid" | "cosine"
+    rampup_epochs: float = 2.0        # after the first epoch (weight 0)
+    scale_by_labeled: bool = False    # max weight * labeled fraction (Laine & Aila's w_max * M / N)
+    noise: str = "dropout"            # "dropout" | "token" | "fgm"
+    noise_rate: float = 0.1           # token noise: probability a token is deleted / swapped / replaced
+    fgm_eps: float = 1.0              # adversarial noise: L2 norm of the perturbation per example
+
+    uses_unlabeled = True
+
+    def setup(self, ctx) -> None:
+        if self.noise not in NOISES:
+            raise ValueError(f"noise must be one of {NOISES}, got {self.noise!r}")
+        if self.consistency not in DEFAULT_MAX_WEIGHT:
+            raise ValueError(f"consistency must be one of {sorted(DEFAULT_MAX_WEIGHT)}, got {self.consistency!r}")
+        n_l, n_u = len(ctx.budget.labeled), len(ctx.budget.unlabeled)
+        self._labeled_share = n_l / max(1, n_l + n_u)
+
+    # ------------------------------------------------------------------ pieces
+    def weight(self, ctx) -> float:
+        w_max = DEFAULT_MAX_WEIGHT[self.consistency] if self.max_weight is None else self.max_weight
+        if self.scale_by_labeled:
+            w_max *= self._labeled_share
+        return consistency_weight(ctx.step, ctx.steps_per_epoch, self.rampup_epochs, w_max, self.rampup)
+
+    def noisy_input(self, ctx, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.noise != "token":
+            return ids, mask
+        m = ctx.unwrapped_model
+        return token_noise(ids, mask, self.noise_rate, special_ids=sorted(m.special_token_ids),
+                           mask_id=m.mask_token_id, pad_id=_pad_id(m))
+
+    def noisy_logits(self, ctx, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None,
+                     params: dict | None = None) -> torch.Tensor:
+        """Logits of one noisy pass (train mode, so dropout is always on). ``params`` runs the model
+        with those trainable tensors in place of its own (the mean teacher)."""
+        if params is not None:
+            ids, mask = self.noisy_input(ctx, ids, mask)
+            return functional_call(ctx.unwrapped_model, params, (ids, mask))
+        if self.noise == "fgm" and target is not None:
+            embeds = adversarial_embeddings(
+                ctx.unwrapped_model, lambda e, m: ctx.model(input_ids=None, attention_mask=m, inputs_embeds=e),
+                ids, mask, target, eps=self.fgm_eps)
+            return ctx.model(input_ids=None, attention_mask=mask, inputs_embeds=embeds)
+        ids, mask = self.noisy_input(ctx, ids, mask)
+        return ctx.model(input_ids=ids, attention_mask=mask)
+
+
+@dataclass
+class PiModel(_Consistency):
+    """loss = CE(f(x_l)) + w(t) * d(f~(x), f~'(x)) over the labeled and unlabeled examples of the batch."""
+
+    name = "pi_model"
+
+    def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
+        lab = batch["labeled"]
+        ids, mask, _ = cat_batches(lab, batch["unlabeled"], _pad_id(ctx.unwrapped_model))
+        n_l = lab["input_ids"].shape[0]
+        w = self.weight(ctx)
+        if w == 0.0:  # first epoch: the supervised part only (no second pass)
+            logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
+            sup = ctx.sup_loss(logits, lab["labels"])
+            return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(0.0)}
+        with torch.no_grad():
+            target = torch.softmax(self.noisy_logits(ctx, ids, mask).float(), dim=-1)
+        logits = self.noisy_logits(ctx, ids, mask, target=target)
+        sup = ctx.sup_loss(logits[:n_l], lab["labels"])
+        cons = consistency_loss(logits, target, self.consistency)
+        return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
+
+
+@dataclass
+class TemporalEnsemble(_Consistency):
+    """loss = CE(f(x_l)) + w(t) * d(f~(x_i), Z_i / (1 - alpha^t_i)); Z updated after each epoch."""
+
+    alpha: float = 0.6
+
+    name = "temporal_ensemble"
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        b = ctx.budget
+        n = int(max(b.labeled.idx.max(initial=-1), b.unlabeled.idx.max(initial=-1))) + 1
+        self.Z = torch.zeros(n, ctx.num_classes)
+        self.updates = torch.zeros(n, dtype=torch.long)
+
+    @property
+    def memory_mb(self) -> float:
+        """Bytes the ensemble state takes (Z float32 + update counts), in MB."""
+        return (self.Z.numel() * self.Z.element_size() + self.updates.numel() * self.updates.element_size()) / 2**20
+
+    def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
+        lab = batch["labeled"]
+        ids, mask, idx = cat_batches(lab, batch["unlabeled"], _pad_id(ctx.unwrapped_model))
+        n_l = lab["input_ids"].shape[0]
+        w = self.weight(ctx)
+        rows = idx.cpu()
+        seen = self.updates[rows] > 0
+        if w == 0.0 or not bool(seen.any()):
+            logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
+            sup = ctx.sup_loss(logits, lab["labels"])
+            return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(w)}
+        target = temporal_target(self.Z[rows], self.updates[rows], self.alpha).to(ids.device)
+        logits = self.noisy_logits(ctx, ids, mask, target=target)
+        sup = ctx.sup_loss(logits[:n_l], lab["labels"])
+        per = consistency_loss(logits, target, self.consistency, reduction="none")
+        cons = (per * seen.to(per.device, per.dtype)).sum() / per.shape[0]
+        return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
+
+    @torch.no_grad()
+    def after_epoch(self, ctx) -> dict:
+        """One noisy pass (dropout, and token noise if chosen) over every training example; every
+        process draws the same noise (a forked RNG seeded by (seed, epoch)), so Z stays identical."""
+        model = ctx.unwrapped_model
+        tok = list(ctx.train_set.ids) + (list(ctx.pool.tok) if ctx.pool is not None else [])
+        idx = np.concatenate([ctx.train_set.idx] + ([ctx.pool.idx] if ctx.pool is not None else []))
+        order = np.argsort([len(t) for t in tok], kind="stable")
+        bs = ctx.config.eval_batch_size
+        device = next(model.parameters()).device
+        probs = torch.empty(len(tok), ctx.num_classes)
+        was_training = model.training
+        model.train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ctx.config.seed * 7919 + ctx.epoch)
+            for start in range(0, len(order), bs):
+                chunk = order[start:start + bs]
+                b = model.collate([tok[i] for i in chunk])
+                ids, mask = self.noisy_input(ctx, b["input_ids"].to(device), b["attention_mask"].to(device))
+                probs[torch.as_tensor(chunk)] = torch.softmax(model(ids, mask).float(), dim=-1).cpu()
+        model.train(was_training)
+        rows = torch.as_tensor(idx, dtype=torch.long)
+        ensemble_update_(self.Z, rows, probs, self.alpha)
+        self.updates[rows] += 1
+        return {"z_mb": self.memory_mb}
+
+    def state_dict(self) -> dict:
+        return {"Z": self.Z.clone(), "updates": self.updates.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.Z, self.updates = state["Z"].clone(), state["updates"].clone()
+
+
+@dataclass
+class MeanTeacher(_Consistency):
+    """loss = CE(f_theta(x_l)) + w(t) * d(f_theta(x), f_theta'(x)), theta' <- d theta' + (1 - d) theta."""
+
+    ema_decay: float = 0.999
+    rampup_decay: float = 0.99
+
+    name = "mean_teacher"
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        self.teacher = {n: p.detach().clone() for n, p in ctx.unwrapped_model.named_parameters()
+                        if p.requires_grad}
+
+    @property
+    def memory_mb(self) -> float:
+        """Extra memory of the teacher: its copy of the trainable tensors, in MB."""
+        return sum(t.numel() * t.element_size() for t in self.teacher.values()) / 2**20
+
+    def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
+        lab = batch["labeled"]
+        ids, mask, _ = cat_batches(lab, batch["unlabeled"], _pad_id(ctx.unwrapped_model))
+        n_l = lab["input_ids"].shape[0]
+        w = self.weight(ctx)
+        if w == 0.0:
+            logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
+            sup = ctx.sup_loss(logits, lab["labels"])
+            return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(0.0)}
+        if next(iter(self.teacher.values())).device != ids.device:  # after a resume onto a GPU
+            self.teacher = {n: t.to(ids.device) for n, t in self.teacher.items()}
+        with torch.no_grad():
+            target = torch.softmax(self.noisy_logits(ctx, ids, mask, params=self.teacher).float(), dim=-1)
+        logits = self.noisy_logits(ctx, ids, mask, target=target)
+        sup = ctx.sup_loss(logits[:n_l], lab["labels"])
+        cons = consistency_loss(logits, target, self.consistency)
+        return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
+
+    def after_step(self, ctx) -> None:
+        rampup_steps = int((1 + self.rampup_epochs) * ctx.steps_per_epoch)
+        decay = ema_decay(ctx.step, self.ema_decay, self.rampup_decay, rampup_steps)
+        ema_update_(self.teacher, ctx.unwrapped_model.named_parameters(), decay)
+
+    def eval_states(self, ctx) -> dict[str, dict[str, torch.Tensor]]:
+        return {"teacher": {n: t.clone() for n, t in self.teacher.items()}}
+
+    def state_dict(self) -> dict:
+        return {"teacher": {n: t.clone() for n, t in self.teacher.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher = {n: t.clone() for n, t in state["teacher"].items()}

@@ -1,0 +1,285 @@
+"""Consistency methods (issue 4): the math on hand examples and random tensors, token noise, and the
+three methods inside the trainer (every loss term moves the weights; the teacher is an EMA of the
+trainable weights only)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sslkit
+from sslkit.augment import adversarial_embeddings, token_noise
+from sslkit.consistency import (consistency_loss, consistency_weight, ema_decay, ema_update_, ensemble_update_,
+                                rampup, temporal_target)
+from sslkit.methods import MeanTeacher, PiModel, TemporalEnsemble
+from sslkit.trainer import fit
+
+
+# --------------------------------------------------------------------------- pure math
+def test_bias_corrected_target_hand_example():
+    # alpha 0.6, one example, z1 = [1, 0] then z2 = [0, 1]
+    Z, t = torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)
+    ensemble_update_(Z, torch.tensor([0]), torch.tensor([[1.0, 0.0]]), 0.6)
+    t += 1
+    assert torch.allclose(Z, torch.tensor([[0.4, 0.0]]))
+    assert torch.allclose(temporal_target(Z, t, 0.6), torch.tensor([[1.0, 0.0]]))  # 0.4 / (1 - 0.6)
+    ensemble_update_(Z, torch.tensor([0]), torch.tensor([[0.0, 1.0]]), 0.6)
+    t += 1
+    # Z = [0.24, 0.4]; 1 - 0.36 = 0.64 -> [0.375, 0.625]
+    assert torch.allclose(temporal_target(Z, t, 0.6), torch.tensor([[0.375, 0.625]]))
+    # rows never updated have no target (zeros, not a division by zero)
+    assert torch.equal(temporal_target(torch.zeros(2, 3), torch.tensor([0, 0]), 0.6), torch.zeros(2, 3))
+
+
+def test_bias_corrected_target_is_a_distribution_for_random_updates():
+    g = torch.Generator().manual_seed(0)
+    Z, t = torch.zeros(5, 4), torch.zeros(5, dtype=torch.long)
+    for k in range(1, 6):
+        rows = torch.arange(k)  # row i receives 5 - i updates
+        ensemble_update_(Z, rows, torch.softmax(torch.randn(k, 4, generator=g), -1), 0.6)
+        t[rows] += 1
+    assert torch.allclose(temporal_target(Z, t, 0.6).sum(-1), torch.ones(5), atol=1e-6)
+
+
+def test_ema_update_on_a_toy_module():
+    torch.manual_seed(0)
+    student = nn.Linear(3, 2)
+    teacher = {n: p.detach().clone() + 1.0 for n, p in student.named_parameters()}
+    before = {n: t.clone() for n, t in teacher.items()}
+    ema_update_(teacher, student.named_parameters(), 0.9)
+    for n, p in student.named_parameters():
+        assert torch.allclose(teacher[n], 0.9 * before[n] + 0.1 * p.detach())
+    assert ema_decay(0, 0.999, 0.99, rampup_steps=10) == 0.0       # 1 - 1/1
+    assert ema_decay(1, 0.999, 0.99, rampup_steps=10) == 0.5
+    assert ema_decay(9, 0.999, 0.99, rampup_steps=10) == pytest.approx(0.9)
+    assert ema_decay(500, 0.999, 0.99, rampup_steps=1000) == 0.99   # capped during the ramp-up
+    assert ema_decay(1000, 0.999, 0.99, rampup_steps=1000) == 0.999
+
+
+def test_rampup_values_at_known_points():
+    assert rampup(0.0, "linear") == 0.0 and rampup(0.5, "linear") == 0.5 and rampup(1.0, "linear") == 1.0
+    assert rampup(0.0, "sigmoid") == pytest.approx(math.exp(-5))
+    assert rampup(0.5, "sigmoid") == pytest.approx(math.exp(-1.25))
+    assert rampup(1.0, "sigmoid") == 1.0
+    assert rampup(0.5, "cosine") == pytest.approx(0.5) and rampup(1.0, "cosine") == pytest.approx(1.0)
+    assert rampup(2.0, "linear") == 1.0 and rampup(-1.0, "cosine") == 0.0
+    # weight: 0 through the first epoch, then the ramp, then the maximum
+    assert consistency_weight(9, 10, 2, 5.0, "linear") == 0.0
+    assert consistency_weight(10, 10, 2, 5.0, "linear") == 0.0
+    assert consistency_weight(20, 10, 2, 5.0, "linear") == pytest.approx(2.5)
+    assert consistency_weight(30, 10, 2, 5.0, "linear") == 5.0
+    assert consistency_weight(99, 10, 2, 5.0, "sigmoid") == 5.0
+    with pytest.raises(ValueError, match="rampup"):
+        rampup(0.5, "step")
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl", "l1"])
+def test_consistency_losses_against_a_direct_computation(kind):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 5, generator=g)
+    q = torch.softmax(torch.randn(6, 5, generator=g), -1)
+    q[0] = torch.tensor([1.0, 0, 0, 0, 0])  # zeros in the target: KL terms with q = 0 vanish
+    expected = []
+    for i in range(6):
+        p = [math.exp(v) for v in logits[i].tolist()]
+        p = [v / sum(p) for v in p]
+        qi = q[i].tolist()
+        if kind == "mse":
+            expected.append(sum((a - b) ** 2 for a, b in zip(p, qi)))
+        elif kind == "l1":
+            expected.append(sum(abs(a - b) for a, b in zip(p, qi)))
+        else:
+            expected.append(sum(b * (math.log(b) - math.log(a)) for a, b in zip(p, qi) if b > 0))
+    per = consistency_loss(logits, q, kind, reduction="none")
+    assert torch.allclose(per, torch.tensor(expected), atol=1e-6)
+    assert consistency_loss(logits, q, kind) == pytest.approx(sum(expected) / 6, abs=1e-6)
+    # the target is detached: only the student gets a gradient
+    s, t = logits.clone().requires_grad_(), q.clone().requires_grad_()
+    consistency_loss(s, t, kind).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+    assert consistency_loss(q[1:].log(), q[1:], kind) == pytest.approx(0.0, abs=1e-6)  # identical -> 0
+
+
+# --------------------------------------------------------------------------- token noise
+def _id_batch(B=64, T=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(5, T + 1, (B,), generator=g)
+    ids = torch.randint(1000, 2000, (B, T), generator=g)
+    mask = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    ids[:, 0] = 101
+    ids[torch.arange(B), lengths - 1] = 102
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def test_token_noise_keeps_ids_valid_and_specials_in_place():
+    ids, mask = _id_batch()
+    new, new_mask = token_noise(ids, mask, 0.3, special_ids=[101, 102, 0], mask_id=103, pad_id=0,
+                                generator=torch.Generator().manual_seed(0))
+    allowed = set(ids.unique().tolist()) | {103, 0}
+    assert set(new.unique().tolist()) <= allowed
+    assert new.shape == ids.shape and torch.all(new[new_mask == 0] == 0)
+    assert torch.all(new[:, 0] == 101)                         # [CLS] stays first
+    last = new_mask.sum(1) - 1
+    assert torch.all(new[torch.arange(len(new)), last] == 102)  # [SEP] stays last
+    assert torch.all(new_mask.sum(1) <= mask.sum(1)) and torch.all(new_mask.sum(1) >= 2)
+    # masks stay contiguous (deleted tokens close up to the left)
+    assert torch.all(new_mask[:, 1:] <= new_mask[:, :-1])
+
+
+@pytest.mark.parametrize("op", ["replace", "delete", "swap"])
+def test_token_noise_respects_its_rate(op):
+    ids, mask = _id_batch(B=256, T=40, seed=1)
+    eligible = int(((mask == 1) & (ids != 101) & (ids != 102)).sum())
+    rate = 0.2
+    new, new_mask = token_noise(ids, mask, rate, special_ids=[101, 102, 0], mask_id=103, ops=[op],
+                                generator=torch.Generator().manual_seed(2))
+    if op == "replace":
+        changed = int((new == 103).sum())
+    elif op == "delete":
+        changed = int(mask.sum() - new_mask.sum())
+    else:  # a swap changes two positions; overlapping swaps are dropped, so at most the rate
+        changed = int((new != ids).sum()) / 2
+    share = changed / eligible
+    if op == "swap":
+        assert 0.5 * rate < share <= rate + 0.02
+    else:
+        assert abs(share - rate) < 0.02, share
+    same, _ = token_noise(ids, mask, 0.0, special_ids=[101, 102, 0], mask_id=103)
+    assert torch.equal(same, ids)
+
+
+def test_token_noise_refuses_bad_options():
+    ids, mask = _id_batch(B=2)
+    with pytest.raises(ValueError, match="rate"):
+        token_noise(ids, mask, 1.5, mask_id=103)
+    with pytest.raises(ValueError, match="ops"):
+        token_noise(ids, mask, 0.1, mask_id=103, ops=["shuffle"])
+
+
+def test_adversarial_embeddings_have_the_requested_norm():
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 8)
+
+    class Tiny(nn.Module):
+        def input_embeddings(self, ids):
+            return emb(ids)
+
+    head = nn.Linear(8, 3)
+    forward = lambda e, m: head((e * m.unsqueeze(-1)).sum(1))  # noqa: E731
+    ids, mask = torch.randint(1, 50, (4, 6)), torch.ones(4, 6, dtype=torch.long)
+    mask[0, 4:] = 0
+    target = torch.softmax(forward(emb(ids), mask), -1).detach()
+    adv = adversarial_embeddings(Tiny(), forward, ids, mask, target, eps=0.5)
+    r = (adv - emb(ids)).detach()
+    assert torch.allclose(r.flatten(1).norm(dim=1), torch.full((4,), 0.5), atol=1e-5)
+    assert torch.all(r[0, 4:] == 0)  # padding is never perturbed
+    adv.sum().backward()
+    assert emb.weight.grad is not None  # trainable embeddings still learn through the noisy pass
+
+
+# --------------------------------------------------------------------------- inside the trainer
+FAST = dict(epochs=2, batch_size=16, eval_batch_size=64, progress=False, log_every=1, save_checkpoint=False)
+
+
+@pytest.fixture(scope="module")
+def budget():
+    data = sslkit.load_dataset("mcid").subsample(train=160, dev=48, test=48, seed=0)
+    return sslkit.split_budget(data, labeled=0.25, seed=0)
+
+
+def _model(budget):
+    return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32)
+
+
+def _consistency_gradient(method, budget, tmp_path):
+    """Run one epoch, then check that the consistency term alone moves trainable weights."""
+    model = _model(budget)
+    res = fit(model, budget, method, run_dir=str(tmp_path), **FAST)
+    hist = res.history
+    steps = hist.dropna(subset=["cons"]) if "cons" in hist else hist.iloc[0:0]
+    assert (steps["w"] > 0).any() and (steps["cons"] > 0).any()  # the term is on in epoch 2
+    return res
+
+
+@pytest.mark.parametrize("noise", ["dropout", "token", "fgm"])
+def test_pi_model_trains_with_every_noise(budget, tmp_path, noise):
+    res = _consistency_gradient(PiModel(noise=noise, rampup_epochs=0, noise_rate=0.2), budget, tmp_path)
+    assert 0.0 <= res.test["accuracy"] <= 1.0
+
+
+def test_consistency_term_has_a_gradient(budget):
+    """USB's mean teacher once had a consistency term without gradient: check each method's term
+    alone changes the LoRA weights."""
+    from sslkit.trainer import Context, TrainConfig
+
+    for method in (PiModel(rampup_epochs=0), TemporalEnsemble(rampup_epochs=0), MeanTeacher(rampup_epochs=0)):
+        model = _model(budget)
+        ctx = Context(model=model, accelerator=_Acc(), budget=budget, config=TrainConfig(),
+                      num_classes=budget.num_classes, steps_per_epoch=1, total_steps=10, step=5)
+        method.setup(ctx)
+        if isinstance(method, TemporalEnsemble):
+            method.Z[:] = 1.0 / budget.num_classes
+            method.updates[:] = 1
+        if isinstance(method, MeanTeacher):  # a teacher that differs from the student
+            method.teacher = {n: t + 0.01 * torch.randn_like(t) for n, t in method.teacher.items()}
+        batch = _batch(model, budget)
+        out = method.loss(batch, ctx)
+        model.zero_grad()
+        out["cons"].requires_grad_(False)
+        # recompute: total - sup must carry gradient into LoRA parameters
+        (out["loss"] - out["sup"]).backward()
+        lora_grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
+        assert lora_grads and any(g.abs().sum() > 0 for g in lora_grads), method.name
+
+
+class _Acc:
+    num_processes = 1
+    is_main_process = True
+
+    @staticmethod
+    def unwrap_model(m):
+        return m
+
+
+def _batch(model, budget):
+    lab = model.collate(model.tokenize(budget.labeled.texts[:8]))
+    lab["labels"] = torch.as_tensor(budget.labeled.labels[:8])
+    lab["idx"] = torch.as_tensor(budget.labeled.idx[:8])
+    unl = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
+    unl["idx"] = torch.as_tensor(budget.unlabeled.idx[:8])
+    return {"labeled": lab, "unlabeled": unl}
+
+
+def test_temporal_ensemble_fills_z_once_per_epoch(budget, tmp_path):
+    method = TemporalEnsemble(rampup_epochs=1)
+    res = fit(_model(budget), budget, method, run_dir=str(tmp_path), **FAST)
+    n = len(budget.labeled) + len(budget.unlabeled)
+    assert int((method.updates == 2).sum()) == n and int((method.updates > 2).sum()) == 0
+    rows = torch.as_tensor(budget.unlabeled.idx)
+    assert torch.allclose(temporal_target(method.Z[rows], method.updates[rows], 0.6).sum(-1), torch.ones(len(rows)),
+                          atol=1e-5)
+    assert res.history["z_mb"].dropna().iloc[-1] == pytest.approx(method.memory_mb)
+
+
+def test_mean_teacher_is_an_ema_of_trainable_weights_only(budget, tmp_path):
+    model = _model(budget)
+    method = MeanTeacher(rampup_epochs=1, ema_decay=0.99)
+    res = fit(model, budget, method, run_dir=str(tmp_path), **FAST)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(method.teacher) == trainable  # LoRA + head, not the frozen base
+    teacher_params = sum(t.numel() for t in method.teacher.values())
+    assert teacher_params == model.num_parameters(trainable=True) < model.num_parameters() / 10
+    # the teacher differs from the student but is close (an average of its recent weights)
+    student = model.trainable_state_dict()
+    diffs = [float((method.teacher[n] - student[n]).abs().max()) for n in student]
+    assert max(diffs) > 0
+    # both evaluated every epoch; the better on dev is the tested one
+    hist = res.history.dropna(subset=["dev_macro_f1"])
+    assert {"dev_macro_f1_teacher", "dev_accuracy_teacher"} <= set(hist.columns)
+    best = max(hist["dev_macro_f1"].max(), hist["dev_macro_f1_teacher"].max())
+    assert res.summary["best_variant"] in ("model", "teacher")
+    assert res.summary["dev"]["macro_f1"] == pytest.approx(best)
