@@ -22,6 +22,7 @@ __all__ = [
     "per_class_report",
     "confusion",
     "pseudo_label_quality",
+    "embedding_geometry",
 ]
 
 
@@ -129,3 +130,50 @@ def pseudo_label_quality(
         "precision": precision,
         "coverage": coverage,
     }
+
+
+def embedding_geometry(
+    features: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    silhouette: bool = True,
+) -> dict:
+    """How class-structured an embedding space is, with cosine similarity (rows are L2-normalised).
+
+    * ``intra_cosine``: mean cos(z_i, z_j) over ordered same-class pairs, i != j;
+    * ``inter_cosine``: mean cos(z_i, z_j) over pairs of different classes;
+    * ``gap`` = intra - inter (higher: classes tighter and further apart);
+    * ``silhouette``: sklearn's silhouette score with the cosine distance, in [-1, 1] (NaN unless
+      2 <= classes <= n - 1; ``silhouette=False`` skips it, the one O(n^2) part).
+
+    Pairs are pooled over all classes (a big class weighs more). Computed from per-class sums,
+    sum_{i,j in c} z_i.z_j = |sum_{i in c} z_i|^2, so memory is O(n d), not O(n^2). Rows with a
+    label < 0 are ignored. Returns floats plus ``n`` and ``n_classes``.
+    """
+    from sklearn.metrics import silhouette_score
+
+    x = np.asarray(features, dtype=np.float64)
+    y = _as_int_array(labels, "labels")
+    if x.ndim != 2:
+        raise ValueError(f"features must be 2-D, got shape {x.shape}")
+    _check_same_length(x, y, "features", "labels")
+    keep = y >= 0
+    x, y = x[keep], y[keep]
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    z = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    classes, yi = np.unique(y, return_inverse=True)
+    sums = np.zeros((len(classes), z.shape[1]))
+    np.add.at(sums, yi, z)
+    counts = np.bincount(yi, minlength=len(classes)).astype(np.float64)
+    diag = float((z * z).sum())                       # sum_i z_i.z_i (1 per non-zero row)
+    same_all = float((sums * sums).sum())             # same-class pairs, i = j included
+    total_all = float(np.square(z.sum(0)).sum())      # all pairs, i = j included
+    n = len(y)
+    n_same = float((counts ** 2).sum() - n)
+    n_inter = float(n * n - (counts ** 2).sum())
+    intra = (same_all - diag) / n_same if n_same > 0 else float("nan")
+    inter = (total_all - same_all) / n_inter if n_inter > 0 else float("nan")
+    sil = float("nan")
+    if silhouette and 2 <= len(classes) <= n - 1:
+        sil = float(silhouette_score(z, y, metric="cosine"))
+    return {"intra_cosine": float(intra), "inter_cosine": float(inter), "gap": float(intra - inter),
+            "silhouette": sil, "n": int(n), "n_classes": int(len(classes))}

@@ -23,6 +23,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_learning_curves",
     "plot_metric_bars",
+    "plot_tsne",
 ]
 
 
@@ -384,5 +385,122 @@ def plot_accuracy_per_round(histories: Mapping[str, pd.DataFrame], baseline: flo
     ax.set_ylabel(metric.replace("_", " "))
     ax.legend()
     ax.set_title(title or f"{metric.replace('_', ' ')} per round")
+    fig.tight_layout()
+    return fig
+
+
+def _tsne_classes(labels: np.ndarray, max_classes: int) -> np.ndarray:
+    """The ``max_classes`` most frequent classes (ties: lower index), in class order."""
+    classes, counts = np.unique(labels[labels >= 0], return_counts=True)
+    if len(classes) <= max_classes:
+        return classes
+    order = np.lexsort((classes, -counts))[:max_classes]
+    return np.sort(classes[order])
+
+
+def plot_tsne(
+    features_by_name: Mapping[str, np.ndarray],
+    labels: Sequence[int] | np.ndarray,
+    label_names: Sequence[str],
+    max_classes: int = 10,
+    seed: int = 0,
+    max_points: int = 2000,
+    ncols: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A grid of 2-D t-SNE maps (sklearn, cosine metric), one panel per embedding, coloured by class.
+
+    ``features_by_name`` maps a panel title (e.g. "before training", "cross-entropy", "focal +
+    SupCon") to features [n, d] of the same n examples, whose classes are ``labels``. With more
+    than ``max_classes`` classes only the ``max_classes`` most frequent are drawn (the same ones in
+    every panel; ties: the lower class index) so the colours stay readable; at most ``max_points``
+    examples of them (a seeded subset). ``ncols``: 2 for four panels, else up to 3. Each panel is
+    its own t-SNE run (``random_state=seed``, PCA init): distances between panels are not
+    comparable, cluster shapes within a panel are.
+    """
+    from sklearn.manifold import TSNE
+
+    y = np.asarray(labels).reshape(-1)
+    names = [str(x) for x in label_names]
+    if not features_by_name:
+        raise ValueError("features_by_name is empty")
+    for name, feats in features_by_name.items():
+        if len(feats) != len(y):
+            raise ValueError(f"{name!r}: {len(feats)} feature rows for {len(y)} labels")
+    shown = _tsne_classes(y, max_classes)
+    rows = np.flatnonzero(np.isin(y, shown))
+    if len(rows) > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
+    n_panels = len(features_by_name)
+    if ncols is None:
+        ncols = 2 if n_panels == 4 else 3
+    ncols = max(1, min(ncols, n_panels))
+    nrows = -(-n_panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.0 * nrows + 0.8),
+                             layout="constrained", squeeze=False)
+    cmap = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+    colors = {c: cmap(i % cmap.N) for i, c in enumerate(shown)}
+    for ax, (name, feats) in zip(axes.flat, features_by_name.items()):
+        x = np.asarray(feats, dtype=np.float32)[rows]
+        if len(rows) >= 5:
+            perplexity = float(min(30.0, (len(rows) - 1) / 3.0))
+            xy = TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity,
+                      random_state=seed).fit_transform(x)
+            for c in shown:
+                sel = y[rows] == c
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=colors[c], alpha=0.8, linewidths=0)
+        else:
+            ax.text(0.5, 0.5, "too few points", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(str(name), fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[n_panels:]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[c], label=names[c]) for c in shown]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(5, max(1, len(shown))), fontsize=8,
+               frameon=False)
+    n_classes = len(np.unique(y[y >= 0]))
+    subset = f"{len(shown)} of {n_classes} classes (the most frequent)" if len(shown) < n_classes \
+        else f"{n_classes} classes"
+    fig.suptitle(title or f"t-SNE of embeddings ({subset}, {len(rows)} examples)")
+    return fig
+
+
+# --------------------------------------------------------------------------- consistency methods (issue 4)
+def plot_curves(curves: Mapping[str, "pd.DataFrame | tuple[pd.DataFrame, str]"], metric: str = "dev_accuracy",
+                title: str | None = None):
+    """One line per run: ``metric`` per epoch from its history (a DataFrame), or a (history, column)
+    pair to plot another column (e.g. a mean teacher's ``dev_accuracy_teacher``)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, value in curves.items():
+        hist, column = value if isinstance(value, tuple) else (value, metric)
+        h = pd.DataFrame(hist)
+        if column in h:
+            h = h.dropna(subset=[column])
+            ax.plot(h["epoch"], h[column], marker="o", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.legend()
+    ax.set_title(title or f"{metric.replace('_', ' ')} per epoch")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rampups(epochs: int = 6, rampup_epochs: float = 2.0, max_weight: float = 1.0, steps_per_epoch: int = 50,
+                 shapes: Sequence[str] = ("linear", "sigmoid", "cosine")):
+    """The consistency weight w(t) over training for each ramp-up shape
+    (:func:`sslkit.consistency.consistency_weight`: 0 in the first epoch, then the ramp)."""
+    from .consistency import consistency_weight
+
+    steps = np.arange(epochs * steps_per_epoch)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for shape in shapes:
+        w = [consistency_weight(int(s), steps_per_epoch, rampup_epochs, max_weight, shape) for s in steps]
+        ax.plot(steps / steps_per_epoch, w, label=shape)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("consistency weight w(t)")
+    ax.legend()
+    ax.set_title(f"Ramp-ups over {rampup_epochs:g} epochs after a first epoch at 0")
     fig.tight_layout()
     return fig

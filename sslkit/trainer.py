@@ -477,6 +477,8 @@ def fit(
         feats = embed(model, labeled.texts, batch_size=config.eval_batch_size)
         model.init_head_from_prototypes(feats, labeled.labels)
 
+    method.configure_model(model)  # e.g. a projection head: before the optimiser sees the parameters
+
     # ---- optimiser: head and LoRA parameter groups (their own learning rates)
     head_params = [p for p in model.head.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head_params}

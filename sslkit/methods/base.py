@@ -22,6 +22,10 @@ class Method:
     name = "method"
     uses_unlabeled = False
 
+    def configure_model(self, model: Any) -> None:
+        """Called once before the optimiser is built: attach trainable submodules the method needs
+        (a contrastive projection head), so they are optimised, placed and saved with the model."""
+
     def setup(self, ctx: Any) -> None:
         """Called once before training (e.g. build an EMA teacher, allocate per-example state)."""
 

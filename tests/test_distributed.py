@@ -1,0 +1,99 @@
+"""Two CPU processes (``accelerate launch``, gloo) give the same fit() as one process (issue 5).
+
+The one-process reference runs in this process (batch 16); the two-process run goes through
+``accelerate launch --multi_gpu --num_processes 2`` (batch 8 per process, the same global batch
+and number of steps) on the CPU (``CUDA_VISIBLE_DEVICES=""``, ``fit(device="cpu")``). Dropout is
+off (tests/dist_fit.py), so the supervised runs train on the same examples per step and average
+the same gradients.
+
+Tolerances, on 48 dev and 48 test examples (48 labels: 3 global batches of 16): supervised, |delta accuracy| <= 1/48 + 1e-9 (one
+example may flip through float reduction order) and |delta macro-F1| <= 0.03; contrastive (the
+P x K batches of 16 and of 2 x 8 differ, so the runs are not the same computation) <= 0.1 on both.
+Whatever the batching, every labeled example must be trained on in every epoch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "dist_fit.py"
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("dist_fit", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not ACCELERATE.exists() and shutil.which("accelerate") is None:
+        pytest.skip("the accelerate CLI is not installed")
+    out = tmp_path_factory.mktemp("dist")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "SSLKIT_PROGRESS": "0",
+           # no user accelerate config: every setting is on the command line
+           "HF_HOME": str(out / "hf_home"), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [str(ACCELERATE if ACCELERATE.exists() else shutil.which("accelerate")), "launch",
+           "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--num_cpu_threads_per_process", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           str(SCRIPT), str(out / "two"), "--batch-size", "8"]
+    # a session of its own: on a timeout the launcher and both workers are killed together
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        one = _load_script().run(out / "one", batch_size=16)  # meanwhile, in this process
+        log, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, log[-4000:]
+    two = json.loads((out / "two" / "results.json").read_text())
+    return out, one, two
+
+
+def test_two_processes_run_and_report_two(runs):
+    _, one, two = runs
+    for name in ("supervised", "contrastive"):
+        assert one[name]["num_processes"] == 1 and two[name]["num_processes"] == 2
+        assert one[name]["steps"] == two[name]["steps"]  # the same number of optimiser steps
+        assert one[name]["test"]["n"] == two[name]["test"]["n"] == 48  # eval gathers every example once
+
+
+def test_two_processes_match_one_process_within_tolerance(runs):
+    _, one, two = runs
+    for name, acc_tol, f1_tol in (("supervised", 1 / 48 + 1e-9, 0.03), ("contrastive", 0.1, 0.1)):
+        for split in ("dev", "test"):
+            a, b = one[name][split], two[name][split]
+            assert abs(a["accuracy"] - b["accuracy"]) <= acc_tol, (name, split, a, b)
+            assert abs(a["macro_f1"] - b["macro_f1"]) <= f1_tol, (name, split, a, b)
+
+
+@pytest.mark.parametrize("name", ["supervised", "contrastive"])
+def test_every_labeled_example_is_trained_on_every_epoch(runs, name):
+    """Batches are dealt whole to processes; P x K batches (uneven sizes) must not be dropped."""
+    out, one, _ = runs
+    n = one[name]["n_labeled"]
+    for folder, ranks in (("one", [0]), ("two", [0, 1])):
+        seen = [json.loads((out / folder / f"{name}_seen_{r}.json").read_text()) for r in ranks]
+        for epoch in seen[0]:
+            ids = set().union(*(set(s[epoch]) for s in seen))
+            assert len(ids) == n, f"{folder} process(es), epoch {epoch}: {len(ids)} of {n} labeled examples"
