@@ -373,19 +373,12 @@ def plot_pseudo_label_rounds(rounds: pd.DataFrame, title: str | None = None):
 def plot_accuracy_per_round(histories: Mapping[str, pd.DataFrame], baseline: float | None = None,
                             metric: str = "test_accuracy", title: str | None = None):
     """``metric`` per epoch (= round) for each run, with the supervised baseline as a line."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, hist in histories.items():
-        h = pd.DataFrame(hist)
-        if metric in h:
-            h = h.dropna(subset=[metric])
-            ax.plot(h["epoch"], h[metric], marker="o", label=name)
+    fig = plot_curves(histories, metric=metric, title=title or f"{metric.replace('_', ' ')} per round")
+    ax = fig.axes[0]
     if baseline is not None:
         ax.axhline(baseline, color="black", linestyle="--", label="supervised baseline")
+        ax.legend()
     ax.set_xlabel("epoch (a round ends each epoch)")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.legend()
-    ax.set_title(title or f"{metric.replace('_', ' ')} per round")
-    fig.tight_layout()
     return fig
 
 
