@@ -7,6 +7,10 @@ classification_loss: cross-entropy with label smoothing, optionally focal (Lin e
 
 where q is the (smoothed) target distribution, q = (1 - eps) onehot(y) + eps / C. With gamma = 0 and
 no alpha this is torch's cross-entropy with ``label_smoothing=eps``. The mean is over examples.
+
+Supervised contrastive losses on a batch of features (issue 5; formulas in their docstrings):
+:func:`supcon_loss` (Khosla et al. 2020), :func:`focal_contrastive_loss` (SupCon's pair
+probabilities with a focal weight) and :func:`margin_contrastive_loss` (batch-all triplets).
 """
 from __future__ import annotations
 
@@ -174,9 +178,6 @@ def margin_contrastive_loss(
     hinge = F.relu(margin + sim.unsqueeze(1) - sim.unsqueeze(2))  # [i, j, k] = margin + s_ik - s_ij
     return torch.where(valid, hinge, torch.zeros_like(hinge)).sum() / count
 
-
-CONTRASTIVE_LOSSES = {"simple": supcon_loss, "supcon": supcon_loss, "focal": focal_contrastive_loss,
-                      "margin": margin_contrastive_loss}
 
 
 # --------------------------------------------------------------------------- consistency (re-exported)

@@ -281,7 +281,8 @@ class _FixedBatches(torch.utils.data.Sampler):
     """A batch sampler over precomputed batches (lists of positions), e.g. P classes x K examples."""
 
     def __init__(self, batches: list[list[int]], batch_size: int):
-        self.batches, self.batch_size, self.drop_last = [list(map(int, b)) for b in batches], batch_size, False
+        # batch_size None: accelerate then deals whole (possibly uneven) batches to processes
+        self.batches, self.batch_size, self.drop_last = [list(map(int, b)) for b in batches], None, False
 
     def __iter__(self):
         return iter(self.batches)
@@ -312,11 +313,15 @@ def _stream(make_loader, steps: int | None = None) -> Iterator[dict]:
     exhausted."""
     round_, done = 0, 0
     while steps is None or done < steps:
+        yielded = False
         for batch in make_loader(round_):
+            yielded = True
             yield batch
             done += 1
             if steps is not None and done >= steps:
                 return
+        if not yielded:
+            raise RuntimeError("a training loader yielded no batch (empty data, or batches all dropped)")
         round_ += 1
 
 
@@ -492,7 +497,7 @@ def fit(
         len(train_set) / (config.batch_size * accelerator.num_processes))
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_scheduler(config.scheduler, optimizer,
-                              num_warmup_steps=int(config.warmup_ratio * total_steps * accelerator.num_processes),
+                              num_warmup_steps=int(config.warmup_ratio * total_steps) * accelerator.num_processes,
                               num_training_steps=total_steps * accelerator.num_processes)
     pmodel, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ctx = Context(model=pmodel, accelerator=accelerator, budget=budget, config=config,
