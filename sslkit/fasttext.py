@@ -11,9 +11,10 @@ n-grams need no word segmentation, so Chinese works as is.
   ``<word>`` (a single ``<`` or ``>`` is not an n-gram). For Chinese a "word" is a whole clause.
 * Hashing is a fixed function, identical in every process (never Python's salted ``hash()``):
   a polynomial rolling hash of the Unicode code points mod 2**64 with the 64-bit FNV prime,
-  word n-grams combined as ``h = h * 116049371 + h_next`` (FastText's rule), every hash salted by
-  (kind, n, k) and finalised with splitmix64, then ``id = 2 + x mod buckets``. Id 0 is padding,
-  id 1 the reserved mask id used by token-replacement noise.
+  word n-grams combined as ``h = h * 116049371 + h_next`` (FastText's rule); the n-gram's
+  fingerprint is splitmix64(h xor salt(kind, n)) and its k-th id ``2 + splitmix64(fingerprint
+  xor salt(k)) mod buckets``. Id 0 is padding, id 1 the reserved mask id of token-replacement
+  noise.
 * ``num_hashes = k > 1`` maps every n-gram to k rows (their mean), the "hash embeddings" trick
   of Svenstrup et al. 2017: a small table (fast dense AdamW) with fewer harmful collisions.
 * The n-gram ids of a text are ordered by position (``unique=True`` keeps the first occurrence
@@ -32,7 +33,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import SAVE_CONFIG, Backbone, BackboneInfo, CosineHead, masked_mean_pool
