@@ -321,20 +321,26 @@ def load_backbone(
     dtype: str | torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     seed: int | None = 0,
+    **fasttext_options,
 ) -> Backbone:
     """Load a pretrained encoder/decoder from the installed 'minilm' or a local folder and wrap it.
 
     lora: ``True`` (r=16, alpha=32 on the architecture's targets), an int rank, a dict/LoraSettings,
     or ``None``/``False`` for a frozen backbone (only the head trains). ``max_length``: tokens per
     text (None: 64). ``"fasttext"`` builds :func:`sslkit.fasttext.load_fasttext` instead (hashed
-    n-grams trained from scratch; ``max_length`` then counts n-gram ids, None: its own default).
+    n-grams trained from scratch; ``max_length`` then counts n-gram ids, None: its own default;
+    further keywords such as ``char_ngrams``, ``buckets`` or ``dim`` go to it).
     """
     if str(name_or_path).lower() == "fasttext":  # hashed n-grams trained from scratch (issue 7)
         from .fasttext import load_fasttext
 
         extra = {} if max_length is None else {"max_length": max_length}
         return load_fasttext(num_labels, lora=lora, pooling=pooling, head=head, scale=scale, dtype=dtype,
-                             gradient_checkpointing=gradient_checkpointing, seed=seed, **extra)
+                             gradient_checkpointing=gradient_checkpointing, seed=seed, **extra,
+                             **fasttext_options)
+    if fasttext_options:
+        raise TypeError(f"load_backbone({name_or_path!r}): unexpected keyword(s) {sorted(fasttext_options)} "
+                        "(they are options of the 'fasttext' backbone only)")
     max_length = 64 if max_length is None else max_length
     if seed is not None:
         torch.manual_seed(seed)  # head init and LoRA init are reproducible

@@ -371,6 +371,7 @@ def load_fasttext(
     buckets: int = 2**16,
     num_hashes: int = 2,
     unique: bool = True,
+    lowercase: bool = True,
     dim: int = 64,
     dropout: float = 0.4,
     ngram_dropout: float = 0.0,
@@ -383,19 +384,18 @@ def load_fasttext(
     pooling: str = "auto",
     dtype=None,
     gradient_checkpointing: bool = False,
-    **ignored,
 ) -> FastTextBackbone:
     """A fresh FastText backbone (Joulin et al. 2017) for ``num_labels`` classes.
 
     ``max_length`` counts n-gram ids per text (not words; None: :data:`MAX_LENGTH`); the table
     starts at U(-init_scale, init_scale), default 1/dim as in FastText. ``lora``, ``pooling``, ``dtype``,
-    ``gradient_checkpointing`` and other keywords of the pretrained backbones are accepted and
-    ignored, so one notebook call serves both kinds.
+    ``gradient_checkpointing`` (keywords of the pretrained backbones) are accepted and ignored, so
+    one notebook call serves both kinds; any other unknown keyword is a TypeError.
     """
     if seed is not None:
         torch.manual_seed(seed)
     hasher = NgramHasher(word_ngrams=word_ngrams, char_ngrams=char_ngrams, buckets=int(buckets),
-                         num_hashes=int(num_hashes), unique=bool(unique))
+                         num_hashes=int(num_hashes), unique=bool(unique), lowercase=bool(lowercase))
     info = BackboneInfo(
         name="fasttext", path="", model_type="fasttext", kind="fasttext", num_labels=num_labels,
         pooling="mean", head=head, scale=scale, lora=None,

@@ -76,7 +76,13 @@ def test_empty_text_is_refused(bad):
 
 def test_backbone_interface():
     model = load_fasttext(4, **SMALL, dropout=0.0, lora={"r": 8}, dtype="bf16", pooling="auto",
-                          gradient_checkpointing=True, unknown_option=1)  # pretrained-only: ignored
+                          gradient_checkpointing=True)  # pretrained-only keywords: ignored
+    with pytest.raises(TypeError, match="char_ngram"):  # a typo is not silently ignored
+        load_fasttext(4, **SMALL, char_ngram=(1, 2))
+    with pytest.raises(TypeError, match="fasttext"):  # fasttext options on a pretrained backbone
+        sslkit.load_backbone("minilm", 4, buckets=16)
+    opts = sslkit.load_backbone("fasttext", 4, char_ngrams=(1, 2), buckets=64, dim=8).info.extra
+    assert (opts["char_ngrams"], opts["buckets"], opts["dim"]) == ([1, 2], 64, 8)
     assert isinstance(model.head, CosineHead) and isinstance(model.info, BackboneInfo)
     assert (model.info.kind, model.info.name, model.info.model_type) == ("fasttext",) * 3
     assert model.num_labels == 4 and model.mask_token_id == MASK_ID and model.special_token_ids == {0}
