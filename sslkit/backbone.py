@@ -256,6 +256,11 @@ class Backbone(nn.Module):
             for n, t in state.items():
                 params[n].copy_(t.to(params[n].device, params[n].dtype))
 
+    def adapt_to_corpus(self, texts: Sequence[str]) -> None:
+        """Label-free statistics of the training texts (labeled and unlabeled), computed by ``fit``
+        before training. Pretrained backbones have none; the FastText backbone's ``weighting="idf"``
+        takes its n-gram IDF weights here."""
+
     def num_parameters(self, trainable: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable)
 

@@ -41,6 +41,7 @@ __all__ = ["TRAIN_DEFAULTS", "FastTextBackbone", "NgramHasher", "load_fasttext",
 
 WEIGHTS_FILE = "fasttext.safetensors"
 PAD_ID, MASK_ID, OFFSET = 0, 1, 2
+WEIGHTINGS = ("none", "idf")  #: how n-gram rows are weighted in the pooled mean
 MAX_LENGTH = 1024  #: default n-gram ids kept per text
 
 #: ``sslkit.fit`` keyword overrides measured for this backbone (see benchmarks/fasttext_speed.py).
@@ -279,9 +280,15 @@ class FastTextBackbone(Backbone):
     """
 
     def __init__(self, hasher: NgramHasher, dim: int, dropout: float, head: nn.Module,
-                 info: BackboneInfo, ngram_dropout: float = 0.0, init_scale: float | None = None):
+                 info: BackboneInfo, ngram_dropout: float = 0.0, init_scale: float | None = None,
+                 weighting: str = "none"):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         embedding = nn.Embedding(hasher.vocab_size, dim, padding_idx=PAD_ID, sparse=False)
         super().__init__(embedding, hasher, head, info)
+        self.weighting = weighting
+        # w_id in the pooled mean: 1 everywhere, or smoothed IDF after adapt_to_corpus (saved, not trained)
+        self.register_buffer("ngram_weight", torch.ones(hasher.vocab_size))
         bound = 1.0 / dim if init_scale is None else init_scale
         with torch.no_grad():  # FastText's init: U(-1/dim, 1/dim)
             embedding.weight.uniform_(-bound, bound)
@@ -303,14 +310,31 @@ class FastTextBackbone(Backbone):
         """The n-gram rows, [B, T, D]."""
         return self.encoder(input_ids)
 
-    def _mean_dropout(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """h = dropout(sum_t m_t e_t / sum_t m_t), float32; in training each n-gram is also left
-        out of the mean with probability ``ngram_dropout`` (a text keeps at least its first)."""
+    @torch.no_grad()
+    def adapt_to_corpus(self, texts: Sequence[str]) -> None:
+        """``weighting="idf"``: w_id = ln((1 + N) / (1 + df_id)) + 1 over the N training texts
+        (scikit-learn's smoothed IDF, on hashed ids); a no-op for ``weighting="none"``."""
+        if self.weighting != "idf":
+            return
+        ids = self.tokenize(list(texts))
+        flat = np.concatenate([np.unique(np.asarray(x, dtype=np.int64)) for x in ids])
+        df = np.bincount(flat, minlength=self.tokenizer.vocab_size)
+        idf = np.log((1.0 + len(ids)) / (1.0 + df)) + 1.0
+        self.ngram_weight.copy_(torch.as_tensor(idf, dtype=torch.float32))
+
+    def _mean_dropout(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """h = dropout(sum_t m_t w_t e_t / sum_t m_t w_t), float32, with w_t the id's weight (1, or
+        its IDF); in training each n-gram is also left out of the mean with probability
+        ``ngram_dropout`` (a text keeps at least its first)."""
         mask = attention_mask
         if self.training and self.ngram_dropout > 0:
             keep = torch.rand(mask.shape, device=mask.device) >= self.ngram_dropout
             keep[:, 0] |= ~(keep & mask.bool()).any(1)
             mask = mask * keep
+        if self.weighting != "none" and input_ids is not None:
+            w = mask.float() * self.ngram_weight[input_ids]
+            return self.dropout((embeds.float() * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6))
         return self.dropout(masked_mean_pool(embeds.float(), mask))
 
     def features(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
@@ -318,7 +342,7 @@ class FastTextBackbone(Backbone):
         """Masked mean of the n-gram rows, then dropout; ``inputs_embeds`` [B, T, D] replaces the
         lookup (FGM adversarial noise perturbs :meth:`input_embeddings`)."""
         embeds = self.input_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        return self._mean_dropout(embeds, attention_mask)
+        return self._mean_dropout(embeds, attention_mask, input_ids)
 
     def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                 return_features: bool = False, inputs_embeds: torch.Tensor | None = None):
@@ -375,6 +399,7 @@ def load_fasttext(
     dim: int = 64,
     dropout: float = 0.4,
     ngram_dropout: float = 0.0,
+    weighting: str = "none",
     head: str = "cosine",
     scale: float = 20.0,
     max_length: int | None = None,
@@ -401,10 +426,10 @@ def load_fasttext(
         pooling="mean", head=head, scale=scale, lora=None,
         max_length=int(max_length or MAX_LENGTH),
         extra={**hasher.options(), "dim": int(dim), "dropout": float(dropout),
-               "ngram_dropout": float(ngram_dropout), "init_scale": init_scale},
+               "ngram_dropout": float(ngram_dropout), "init_scale": init_scale, "weighting": weighting},
     )
     return FastTextBackbone(hasher, int(dim), float(dropout), _make_head(head, int(dim), num_labels, scale),
-                            info, float(ngram_dropout), init_scale)
+                            info, float(ngram_dropout), init_scale, weighting)
 
 
 def load_saved_fasttext(directory: str | Path) -> FastTextBackbone:
@@ -420,7 +445,9 @@ def load_saved_fasttext(directory: str | Path) -> FastTextBackbone:
         raise ValueError(f"{directory}: a {info.kind!r} backbone, not 'fasttext'")
     model = load_fasttext(info.num_labels, head=info.head, scale=info.scale,
                           max_length=info.max_length, seed=None, **info.extra)
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    state = load_file(str(directory / WEIGHTS_FILE))
+    state.setdefault("ngram_weight", torch.ones(model.tokenizer.vocab_size))  # saved before weighting existed
+    model.load_state_dict(state)
     model.info = info
     model.eval()
     return model

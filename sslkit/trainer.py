@@ -467,6 +467,9 @@ def fit(
         write_json(run_dir / "config.json", {"run_id": run_id, "notebook": notebook, "config_hash": rconf_hash,
                                              "versions": _versions(), "argv": sys.argv, **rconf})
 
+    # ---- label-free corpus statistics (FastText IDF weights): all training texts, every method alike
+    model.adapt_to_corpus(list(budget.labeled.texts) + list(budget.unlabeled.texts))
+
     # ---- data: the labeled set grows when a method moves pseudo-labeled pool rows into it
     labeled = budget.labeled
     train_set = _TrainingSet(model.tokenize(labeled.texts), labeled.idx, labeled.labels)

@@ -141,3 +141,40 @@ def test_fit_trains_end_to_end(tmp_path):
     _, want = sslkit.embed(result.model, texts, return_logits=True)
     _, got = sslkit.embed(again, texts, return_logits=True)
     np.testing.assert_array_equal(got, want)
+
+
+def test_idf_weighting_from_the_training_corpus(tmp_path):
+    """weighting="idf": w = ln((1+N)/(1+df)) + 1 per id, taken by fit from all training texts,
+    saved with the model; the pooled vector is the w-weighted mean of the rows."""
+    texts = ["card top up", "card refund", "card lost", "refund late"]
+    model = load_fasttext(3, **SMALL, weighting="idf", word_ngrams=(1, 1), char_ngrams=None, num_hashes=1)
+    assert torch.equal(model.ngram_weight, torch.ones_like(model.ngram_weight))  # before any corpus
+    model.adapt_to_corpus(texts)
+    card, refund, lost = (model.tokenize([w])[0][0] for w in ("card", "refund", "lost"))
+    w = model.ngram_weight
+    assert w[card] == pytest.approx(np.log(5 / 4) + 1) and w[refund] == pytest.approx(np.log(5 / 3) + 1)
+    assert w[lost] == pytest.approx(np.log(5 / 2) + 1)
+    model.eval()
+    batch = model.collate(model.tokenize(["card lost"]))
+    rows = model.encoder.weight
+    expected = (w[card] * rows[card] + w[lost] * rows[lost]) / (w[card] + w[lost])
+    assert torch.allclose(model.features(**batch)[0], expected, atol=1e-6)
+    before = model(**batch)
+    model.save(tmp_path)
+    again = load_saved_fasttext(tmp_path)
+    assert torch.equal(again.ngram_weight, w) and torch.equal(again(**batch), before)
+    with pytest.raises(ValueError, match="weighting"):
+        load_fasttext(3, **SMALL, weighting="tfidf")
+
+
+def test_fit_takes_idf_from_labeled_and_unlabeled_texts(tmp_path):
+    data = sslkit.load_dataset("banking77").subsample(train=120, dev=30, test=30, seed=0)
+    budget = sslkit.split_budget(data, labeled=0.25, seed=0)
+    model = load_fasttext(budget.num_classes, **SMALL, weighting="idf")
+    sslkit.fit(model, budget, sslkit.methods.Supervised(), epochs=1, batch_size=16, seed=0, run_dir=tmp_path,
+               progress=False, save_checkpoint=False)
+    all_texts = list(budget.labeled.texts) + list(budget.unlabeled.texts)
+    fresh = load_fasttext(budget.num_classes, **SMALL, weighting="idf")
+    fresh.adapt_to_corpus(all_texts)
+    assert torch.equal(model.ngram_weight, fresh.ngram_weight)
+    assert model.ngram_weight.max() > model.ngram_weight[2:].min() > 1.0 - 1e-6
