@@ -274,6 +274,10 @@ class Backbone(nn.Module):
             self.encoder.save_pretrained(directory / ADAPTER_DIR)
         head_state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         save_file(head_state, str(directory / HEAD_FILE))
+        return self._write_config(directory, label_names)
+
+    def _write_config(self, directory: Path, label_names: Sequence[str] | None) -> Path:
+        """sslkit_backbone.json: ``info`` (plus the label names) for :func:`load_saved_backbone`."""
         info = asdict(self.info)
         if label_names is not None:
             info["label_names"] = list(label_names)

@@ -372,11 +372,7 @@ class FastTextBackbone(Backbone):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
-        info = asdict(self.info)
-        if label_names is not None:
-            info["label_names"] = list(label_names)
-        (directory / SAVE_CONFIG).write_text(json.dumps(info, indent=2, ensure_ascii=False))
-        return directory
+        return self._write_config(directory, label_names)
 
 
 def _make_head(head: str, dim: int, num_labels: int, scale: float) -> nn.Module:

@@ -93,6 +93,17 @@ def _contrastive_log_prob(sim: torch.Tensor, eye: torch.Tensor, temperature: flo
     return logits - torch.log(torch.exp(logits).sum(dim=1, keepdim=True))
 
 
+def _anchored_log_prob(features: torch.Tensor, labels: torch.Tensor, temperature: float):
+    """(log p_ij, positive mask, |P(i)|, anchor mask) for SupCon-style losses, or None when no
+    example has a positive (the caller then returns 0)."""
+    sim, eye, pos, _ = _similarity_and_masks(features, labels)
+    n_pos = pos.sum(1)
+    anchors = n_pos > 0
+    if not bool(anchors.any()):
+        return None
+    return _contrastive_log_prob(sim, eye, temperature), pos, n_pos, anchors
+
+
 def _zero(features: torch.Tensor) -> torch.Tensor:
     """0 connected to the graph (backward gives zero gradients, never NaN; DDP sees every param)."""
     return features.float().sum() * 0.0
@@ -115,12 +126,10 @@ def supcon_loss(
     batch still act as negatives for the others but are not anchors themselves.
     """
     tau_base = temperature if base_temperature is None else base_temperature
-    sim, eye, pos, _ = _similarity_and_masks(features, labels)
-    n_pos = pos.sum(1)
-    anchors = n_pos > 0
-    if not bool(anchors.any()):
+    parts = _anchored_log_prob(features, labels, temperature)
+    if parts is None:
         return _zero(features)
-    log_p = _contrastive_log_prob(sim, eye, temperature)
+    log_p, pos, n_pos, anchors = parts
     mean_log_p = torch.where(pos, log_p, torch.zeros_like(log_p)).sum(1) / n_pos.clamp(min=1)
     loss_i = -(temperature / tau_base) * mean_log_p
     return loss_i[anchors].mean()
@@ -143,12 +152,10 @@ def focal_contrastive_loss(
     Easy positive pairs (p_ij near 1) are down-weighted; ``gamma = 0`` gives SupCon with
     ``tau_base = tau``.
     """
-    sim, eye, pos, _ = _similarity_and_masks(features, labels)
-    n_pos = pos.sum(1)
-    anchors = n_pos > 0
-    if not bool(anchors.any()):
+    parts = _anchored_log_prob(features, labels, temperature)
+    if parts is None:
         return _zero(features)
-    log_p = _contrastive_log_prob(sim, eye, temperature)
+    log_p, pos, n_pos, anchors = parts
     # off the positives (the -inf diagonal included) a harmless finite stand-in; masked out below
     log_p = torch.where(pos, log_p, torch.full_like(log_p, -1.0))
     # clamp: (1 - p)^gamma has an infinite slope at p = 1 when gamma < 1 (a lone pair in the batch)

@@ -50,3 +50,33 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     tokenizer.pad_token = None
     config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=None, **TINY)
     return _save_tiny(tmp_path_factory.mktemp("tiny_llama"), config, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def mcid_budget():
+    """A factory of small, cached MCID budgets: ``mcid_budget(train=160, labeled=0.25)`` (dev and
+    test 48 examples each, seed 0); the method tests share it."""
+    import sslkit
+
+    made = {}
+
+    def make(train: int = 160, labeled: float = 0.25):
+        if (train, labeled) not in made:
+            data = sslkit.load_dataset("mcid").subsample(train=train, dev=48, test=48, seed=0)
+            made[train, labeled] = sslkit.split_budget(data, labeled=labeled, seed=0)
+        return made[train, labeled]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_model():
+    """A factory: ``make_model(budget)`` is MiniLM with a rank-4 LoRA and 32 tokens, the method
+    tests' backbone."""
+    import sslkit
+
+    def make(budget, **kwargs):
+        return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32,
+                                    **kwargs)
+
+    return make

@@ -186,38 +186,28 @@ FAST = dict(epochs=2, batch_size=16, eval_batch_size=64, progress=False, log_eve
 
 
 @pytest.fixture(scope="module")
-def budget():
-    data = sslkit.load_dataset("mcid").subsample(train=160, dev=48, test=48, seed=0)
-    return sslkit.split_budget(data, labeled=0.25, seed=0)
-
-
-def _model(budget):
-    return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32)
-
-
-def _consistency_gradient(method, budget, tmp_path):
-    """Run one epoch, then check that the consistency term alone moves trainable weights."""
-    model = _model(budget)
-    res = fit(model, budget, method, run_dir=str(tmp_path), **FAST)
-    hist = res.history
-    steps = hist.dropna(subset=["cons"]) if "cons" in hist else hist.iloc[0:0]
-    assert (steps["w"] > 0).any() and (steps["cons"] > 0).any()  # the term is on in epoch 2
-    return res
+def budget(mcid_budget):
+    return mcid_budget(train=160, labeled=0.25)
 
 
 @pytest.mark.parametrize("noise", ["dropout", "token", "fgm"])
-def test_pi_model_trains_with_every_noise(budget, tmp_path, noise):
-    res = _consistency_gradient(PiModel(noise=noise, rampup_epochs=0, noise_rate=0.2), budget, tmp_path)
+def test_pi_model_trains_with_every_noise(budget, tmp_path, noise, make_model):
+    """One run per noise: the consistency term is on (w > 0, cons > 0) from epoch 2."""
+    method = PiModel(noise=noise, rampup_epochs=0, noise_rate=0.2)
+    res = fit(make_model(budget), budget, method, run_dir=str(tmp_path), **FAST)
+    hist = res.history
+    steps = hist.dropna(subset=["cons"]) if "cons" in hist else hist.iloc[0:0]
+    assert (steps["w"] > 0).any() and (steps["cons"] > 0).any()
     assert 0.0 <= res.test["accuracy"] <= 1.0
 
 
-def test_consistency_term_has_a_gradient(budget):
+def test_consistency_term_has_a_gradient(budget, make_model):
     """USB's mean teacher once had a consistency term without gradient: check each method's term
     alone changes the LoRA weights."""
     from sslkit.trainer import Context, TrainConfig
 
     for method in (PiModel(rampup_epochs=0), TemporalEnsemble(rampup_epochs=0), MeanTeacher(rampup_epochs=0)):
-        model = _model(budget)
+        model = make_model(budget)
         ctx = Context(model=model, accelerator=_Acc(), budget=budget, config=TrainConfig(),
                       num_classes=budget.num_classes, steps_per_epoch=1, total_steps=10, step=5)
         method.setup(ctx)
@@ -254,9 +244,9 @@ def _batch(model, budget):
     return {"labeled": lab, "unlabeled": unl}
 
 
-def test_temporal_ensemble_fills_z_once_per_epoch(budget, tmp_path):
+def test_temporal_ensemble_fills_z_once_per_epoch(budget, tmp_path, make_model):
     method = TemporalEnsemble(rampup_epochs=1)
-    res = fit(_model(budget), budget, method, run_dir=str(tmp_path), **FAST)
+    res = fit(make_model(budget), budget, method, run_dir=str(tmp_path), **FAST)
     n = len(budget.labeled) + len(budget.unlabeled)
     assert int((method.updates == 2).sum()) == n and int((method.updates > 2).sum()) == 0
     rows = torch.as_tensor(budget.unlabeled.idx)
@@ -265,8 +255,8 @@ def test_temporal_ensemble_fills_z_once_per_epoch(budget, tmp_path):
     assert res.history["z_mb"].dropna().iloc[-1] == pytest.approx(method.memory_mb)
 
 
-def test_mean_teacher_is_an_ema_of_trainable_weights_only(budget, tmp_path):
-    model = _model(budget)
+def test_mean_teacher_is_an_ema_of_trainable_weights_only(budget, tmp_path, make_model):
+    model = make_model(budget)
     method = MeanTeacher(rampup_epochs=1, ema_decay=0.99)
     res = fit(model, budget, method, run_dir=str(tmp_path), **FAST)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

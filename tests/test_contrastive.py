@@ -221,13 +221,8 @@ def test_contrastive_knobs_and_config():
 
 
 @pytest.fixture(scope="module")
-def budget():
-    data = sslkit.load_dataset("mcid").subsample(train=96, dev=48, test=48, seed=0)
-    return sslkit.split_budget(data, labeled=0.5, seed=0)
-
-
-def _model(budget):
-    return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32)
+def budget(mcid_budget):
+    return mcid_budget(train=96, labeled=0.5)
 
 
 def _ctx(model, method):
@@ -245,9 +240,9 @@ def _batch(model, budget, n=16):
 
 
 @pytest.mark.parametrize("loss", ["simple", "focal", "margin"])
-def test_the_contrastive_term_has_a_gradient_on_lora(budget, loss):
+def test_the_contrastive_term_has_a_gradient_on_lora(budget, loss, make_model):
     """USB's lesson: test that every loss term actually reaches the weights."""
-    model = _model(budget)
+    model = make_model(budget)
     model.train()
     method = Contrastive(loss=loss)
     ctx = _ctx(model, method)
@@ -262,8 +257,8 @@ def test_the_contrastive_term_has_a_gradient_on_lora(budget, loss):
     assert model.head.weight.grad is None  # the term shapes the encoder, not the head
 
 
-def test_layer_option_pools_a_hidden_block_and_only_reaches_the_blocks_below(budget):
-    model = _model(budget)
+def test_layer_option_pools_a_hidden_block_and_only_reaches_the_blocks_below(budget, make_model):
+    model = make_model(budget)
     model.train()
     method = Contrastive(layer=1)
     ctx = _ctx(model, method)
@@ -288,8 +283,8 @@ def test_layer_option_pools_a_hidden_block_and_only_reaches_the_blocks_below(bud
     assert above and all(g is None or float(g.abs().sum()) == 0 for g in above)
 
 
-def test_projection_head_needs_configure_model_and_gets_gradients(budget):
-    model = _model(budget)
+def test_projection_head_needs_configure_model_and_gets_gradients(budget, make_model):
+    model = make_model(budget)
     method = Contrastive(projection=32)
     with pytest.raises(RuntimeError, match="configure_model"):
         _ctx(model, method)
@@ -307,13 +302,13 @@ def test_projection_head_needs_configure_model_and_gets_gradients(budget):
     assert all(float(p.grad.abs().sum()) > 0 for p in head.parameters())
     # the same seed whatever the global RNG: a second model gets an identical head
     torch.manual_seed(123)
-    other = _model(budget)
+    other = make_model(budget)
     method.configure_model(other)
     assert torch.equal(getattr(other, PROJECTION_ATTR)[0].weight.detach(), head[0].weight.detach())
 
 
-def test_pseudo_positives_join_the_contrastive_term(budget):
-    model = _model(budget)
+def test_pseudo_positives_join_the_contrastive_term(budget, make_model):
+    model = make_model(budget)
     model.train()
     method = Contrastive(pseudo_positives=True, pseudo_threshold=0.0)  # every unlabeled one joins
     ctx = _ctx(model, method)
@@ -331,8 +326,8 @@ FAST = dict(epochs=2, steps_per_epoch=3, batch_size=16, eval_batch_size=64, prog
             save_checkpoint=False)
 
 
-def test_a_short_contrastive_fit_moves_the_weights_and_logs_its_term(budget, tmp_path):
-    model = _model(budget)
+def test_a_short_contrastive_fit_moves_the_weights_and_logs_its_term(budget, tmp_path, make_model):
+    model = make_model(budget)
     method = Contrastive(loss="simple", weight=1.0, k=4, projection=16)  # fit() attaches the head
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith(PROJECTION_ATTR) for n in before)

@@ -17,13 +17,8 @@ FAST = dict(epochs=2, batch_size=16, eval_batch_size=64, progress=False, log_eve
 
 
 @pytest.fixture(scope="module")
-def budget():
-    data = sslkit.load_dataset("mcid").subsample(train=160, dev=48, test=48, seed=0)
-    return sslkit.split_budget(data, labeled=0.25, seed=0)
-
-
-def _model(budget):
-    return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32)
+def budget(mcid_budget):
+    return mcid_budget(train=160, labeled=0.25)
 
 
 class _GoldSpy(SelfTraining):
@@ -37,10 +32,10 @@ class _GoldSpy(SelfTraining):
         return super().loss(batch, ctx)
 
 
-def test_rounds_move_pool_rows_and_record_diagnostics(budget, tmp_path):
+def test_rounds_move_pool_rows_and_record_diagnostics(budget, tmp_path, make_model):
     run_dir = tmp_path / "st"
     method = _GoldSpy(top_k=0.5, threshold="freematch")
-    res = fit(_model(budget), budget, method, run_dir=str(run_dir), **FAST)
+    res = fit(make_model(budget), budget, method, run_dir=str(run_dir), **FAST)
     assert "labels" not in _GoldSpy.seen_keys  # the pool's gold labels never reach the method
 
     pseudo = pd.read_csv(run_dir / "pseudo_labels.csv", keep_default_na=False)
@@ -73,8 +68,8 @@ def test_rounds_move_pool_rows_and_record_diagnostics(budget, tmp_path):
                                         len(budget.labeled) + per_round.sum()]
 
 
-def test_fixed_threshold_selects_nothing_below_it(budget, tmp_path):
-    res = fit(_model(budget), budget, SelfTraining(threshold="fixed", fixed_tau=0.999999, margin=0.0),
+def test_fixed_threshold_selects_nothing_below_it(budget, tmp_path, make_model):
+    res = fit(make_model(budget), budget, SelfTraining(threshold="fixed", fixed_tau=0.999999, margin=0.0),
               run_dir=str(tmp_path / "fixed"), **FAST)
     assert res.summary["n_pseudo_labeled"] == 0
 
@@ -89,27 +84,27 @@ class _DiesInEpoch2(SelfTraining):
             raise Interrupted
 
 
-def test_resume_replays_pseudo_label_rounds(budget, tmp_path):
+def test_resume_replays_pseudo_label_rounds(budget, tmp_path, make_model):
     kw = dict(top_k=0.5, threshold="freematch", unlabeled_weight=0.5, weight_by_confidence=True)
-    full = fit(_model(budget), budget, SelfTraining(**kw), run_dir=str(tmp_path / "full"), **FAST)
+    full = fit(make_model(budget), budget, SelfTraining(**kw), run_dir=str(tmp_path / "full"), **FAST)
     run_dir = tmp_path / "resumed"
     with pytest.raises(Interrupted):
-        fit(_model(budget), budget, _DiesInEpoch2(**kw), run_dir=str(run_dir), **FAST)
+        fit(make_model(budget), budget, _DiesInEpoch2(**kw), run_dir=str(run_dir), **FAST)
     assert (run_dir / LAST_STATE).exists()
-    again = fit(_model(budget), budget, SelfTraining(**kw), run_dir=str(run_dir), **FAST)
+    again = fit(make_model(budget), budget, SelfTraining(**kw), run_dir=str(run_dir), **FAST)
     assert again.summary["test"] == full.summary["test"]
     a = pd.read_csv(tmp_path / "full" / "pseudo_labels.csv")
     b = pd.read_csv(run_dir / "pseudo_labels.csv")
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_unlabeled_term_moves_the_weights(budget):
+def test_unlabeled_term_moves_the_weights(budget, make_model):
     """The per-step pseudo-label term must carry gradient (USB's mean-teacher bug, avoided)."""
     import torch
 
     from sslkit.trainer import Context, TrainConfig
 
-    model = _model(budget)
+    model = make_model(budget)
     with torch.no_grad():
         model.head.weight.mul_(50)  # confident predictions so pseudo-labels pass the threshold
     method = SelfTraining(threshold="fixed", fixed_tau=0.0, margin=-1.0, unlabeled_weight=1.0)
