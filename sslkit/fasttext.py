@@ -42,6 +42,7 @@ __all__ = ["TRAIN_DEFAULTS", "FastTextBackbone", "NgramHasher", "load_fasttext",
 WEIGHTS_FILE = "fasttext.safetensors"
 PAD_ID, MASK_ID, OFFSET = 0, 1, 2
 WEIGHTINGS = ("none", "idf")  #: how n-gram rows are weighted in the pooled mean
+INITS = ("random", "lsa")      #: how the table starts (lsa: from the training texts, see adapt_to_corpus)
 MAX_LENGTH = 1024  #: default n-gram ids kept per text
 
 #: ``sslkit.fit`` keyword overrides measured for this backbone (see benchmarks/fasttext_speed.py).
@@ -281,12 +282,14 @@ class FastTextBackbone(Backbone):
 
     def __init__(self, hasher: NgramHasher, dim: int, dropout: float, head: nn.Module,
                  info: BackboneInfo, ngram_dropout: float = 0.0, init_scale: float | None = None,
-                 weighting: str = "none"):
+                 weighting: str = "none", init: str = "random", lsa_norm: float = 1.0, seed: int = 0):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         embedding = nn.Embedding(hasher.vocab_size, dim, padding_idx=PAD_ID, sparse=False)
         super().__init__(embedding, hasher, head, info)
-        self.weighting = weighting
+        self.weighting, self.init, self.lsa_norm, self.seed = weighting, init, float(lsa_norm), int(seed)
         # w_id in the pooled mean: 1 everywhere, or smoothed IDF after adapt_to_corpus (saved, not trained)
         self.register_buffer("ngram_weight", torch.ones(hasher.vocab_size))
         bound = 1.0 / dim if init_scale is None else init_scale
@@ -312,15 +315,46 @@ class FastTextBackbone(Backbone):
 
     @torch.no_grad()
     def adapt_to_corpus(self, texts: Sequence[str]) -> None:
-        """``weighting="idf"``: w_id = ln((1 + N) / (1 + df_id)) + 1 over the N training texts
-        (scikit-learn's smoothed IDF, on hashed ids); a no-op for ``weighting="none"``."""
-        if self.weighting != "idf":
+        """Label-free statistics of the N training texts (labeled and unlabeled).
+
+        * ``weighting="idf"``: w_id = ln((1 + N) / (1 + df_id)) + 1 (scikit-learn's smoothed IDF,
+          on hashed ids).
+        * ``init="lsa"``: the table starts from latent semantic analysis of the corpus (Deerwester et
+          al. 1990): X = L2-normalised rows of binary n-gram presence x IDF, [N, vocab];
+          X ~ U S V^T by randomized truncated SVD with ``dim`` components; row id of the table =
+          V[id], rescaled so rows of seen n-grams have mean norm ``lsa_norm``. N-grams that only
+          unlabeled texts contain then still map near related ones (a labeled text never updates
+          them); unseen ids keep the random init.
+        """
+        if self.weighting == "none" and self.init == "random":
             return
-        ids = self.tokenize(list(texts))
-        flat = np.concatenate([np.unique(np.asarray(x, dtype=np.int64)) for x in ids])
-        df = np.bincount(flat, minlength=self.tokenizer.vocab_size)
+        ids = [np.unique(np.asarray(x, dtype=np.int64)) for x in self.tokenize(list(texts))]
+        vocab = self.tokenizer.vocab_size
+        df = np.bincount(np.concatenate(ids), minlength=vocab)
         idf = np.log((1.0 + len(ids)) / (1.0 + df)) + 1.0
-        self.ngram_weight.copy_(torch.as_tensor(idf, dtype=torch.float32))
+        if self.weighting == "idf":
+            self.ngram_weight.copy_(torch.as_tensor(idf, dtype=torch.float32))
+        if self.init == "lsa":
+            self._lsa_init(ids, idf, df)
+
+    def _lsa_init(self, ids: list[np.ndarray], idf: np.ndarray, df: np.ndarray) -> None:
+        from scipy.sparse import csr_matrix
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.preprocessing import normalize
+
+        cols = np.concatenate(ids)
+        rows = np.repeat(np.arange(len(ids)), [len(x) for x in ids])
+        x = normalize(csr_matrix((idf[cols], (rows, cols)), shape=(len(ids), len(idf))))
+        dim = self.encoder.weight.shape[1]
+        k = min(dim, min(x.shape) - 1)
+        svd = TruncatedSVD(k, algorithm="randomized", n_iter=5, random_state=self.seed).fit(x)
+        v = np.zeros((len(idf), dim), dtype=np.float32)
+        v[:, :k] = svd.components_.T
+        seen = df > 0
+        seen[:OFFSET] = False
+        v *= self.lsa_norm / max(float(np.linalg.norm(v[seen], axis=1).mean()), 1e-12)
+        weight = self.encoder.weight
+        weight[torch.as_tensor(np.flatnonzero(seen))] = torch.as_tensor(v[seen], dtype=weight.dtype)
 
     def _mean_dropout(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                       input_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -396,6 +430,8 @@ def load_fasttext(
     dropout: float = 0.4,
     ngram_dropout: float = 0.0,
     weighting: str = "none",
+    init: str = "random",
+    lsa_norm: float = 1.0,
     head: str = "cosine",
     scale: float = 20.0,
     max_length: int | None = None,
@@ -422,10 +458,11 @@ def load_fasttext(
         pooling="mean", head=head, scale=scale, lora=None,
         max_length=int(max_length or MAX_LENGTH),
         extra={**hasher.options(), "dim": int(dim), "dropout": float(dropout),
-               "ngram_dropout": float(ngram_dropout), "init_scale": init_scale, "weighting": weighting},
+               "ngram_dropout": float(ngram_dropout), "init_scale": init_scale, "weighting": weighting,
+               "init": init, "lsa_norm": float(lsa_norm)},
     )
     return FastTextBackbone(hasher, int(dim), float(dropout), _make_head(head, int(dim), num_labels, scale),
-                            info, float(ngram_dropout), init_scale, weighting)
+                            info, float(ngram_dropout), init_scale, weighting, init, lsa_norm, int(seed or 0))
 
 
 def load_saved_fasttext(directory: str | Path) -> FastTextBackbone:

@@ -178,3 +178,27 @@ def test_fit_takes_idf_from_labeled_and_unlabeled_texts(tmp_path):
     fresh.adapt_to_corpus(all_texts)
     assert torch.equal(model.ngram_weight, fresh.ngram_weight)
     assert model.ngram_weight.max() > model.ngram_weight[2:].min() > 1.0 - 1e-6
+
+
+def test_lsa_init_from_the_corpus():
+    """init="lsa": rows of n-grams that occur together start close, the others apart; seen rows get
+    mean norm lsa_norm; ids no text contains keep their random init; the same corpus gives the same
+    table."""
+    texts = ["alpha beta"] * 5 + ["gamma delta"] * 5 + ["alpha beta gamma"]
+    opts = dict(buckets=2**12, dim=4, init="lsa", lsa_norm=2.0, word_ngrams=(1, 1), char_ngrams=None, num_hashes=1)
+    model = load_fasttext(2, **opts)
+    before = model.encoder.weight.detach().clone()
+    model.adapt_to_corpus(texts)
+    rows = model.encoder.weight.detach()
+    a, b, g, d = (model.tokenize([w])[0][0] for w in ("alpha", "beta", "gamma", "delta"))
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(rows[a], rows[b], dim=0) > 0.99 and abs(float(cos(rows[a], rows[d], dim=0))) < 0.5
+    assert rows[[a, b, g, d]].norm(dim=1).mean() == pytest.approx(2.0, rel=1e-5)
+    others = torch.ones(len(rows), dtype=torch.bool)
+    others[[a, b, g, d]] = False
+    assert torch.equal(rows[others], before[others])
+    again = load_fasttext(2, **opts)
+    again.adapt_to_corpus(texts)
+    assert torch.equal(again.encoder.weight, model.encoder.weight)
+    with pytest.raises(ValueError, match="init"):
+        load_fasttext(2, **SMALL, init="word2vec")
