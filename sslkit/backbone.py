@@ -336,17 +336,18 @@ def load_backbone(
 
     lora: ``True`` (r=16, alpha=32 on the architecture's targets), an int rank, a dict/LoraSettings,
     or ``None``/``False`` for a frozen backbone (only the head trains). ``max_length``: tokens per
-    text (None: 64). ``"fasttext"`` builds :func:`sslkit.fasttext.load_fasttext` instead (hashed
-    n-grams trained from scratch; ``max_length`` then counts n-gram ids, None: its own default;
-    further keywords such as ``char_ngrams``, ``buckets`` or ``dim`` go to it).
+    text (None: 64). ``"fasttext"`` or another of :data:`sslkit.fasttext.PRESETS` (e.g.
+    ``"fasttext-zh"``) builds :func:`sslkit.fasttext.load_fasttext` instead: hashed n-grams trained
+    from scratch; ``max_length`` then counts n-gram ids (None: the preset's default); further
+    keywords such as ``char_ngrams``, ``buckets`` or ``dim`` go to it, over the preset's values.
     """
-    if str(name_or_path).lower() == "fasttext":  # hashed n-grams trained from scratch (issue 7)
-        from .fasttext import load_fasttext
+    from .fasttext import is_fasttext, load_preset
 
+    if is_fasttext(name_or_path):  # hashed n-grams trained from scratch (issue 7), a named preset
         extra = {} if max_length is None else {"max_length": max_length}
-        return load_fasttext(num_labels, lora=lora, pooling=pooling, head=head, scale=scale, dtype=dtype,
-                             gradient_checkpointing=gradient_checkpointing, seed=seed, **extra,
-                             **fasttext_options)
+        return load_preset(name_or_path, num_labels, lora=lora, pooling=pooling, head=head, scale=scale,
+                           dtype=dtype, gradient_checkpointing=gradient_checkpointing, seed=seed, **extra,
+                           **fasttext_options)
     if fasttext_options:
         raise TypeError(f"load_backbone({name_or_path!r}): unexpected keyword(s) {sorted(fasttext_options)} "
                         "(they are options of the 'fasttext' backbone only)")

@@ -171,7 +171,7 @@ class RunResult:
         return pd.read_csv(self.run_dir / "predictions.csv", keep_default_na=False)
 
 
-#: fit() keywords per backbone family; "fasttext" takes sslkit.fasttext.TRAIN_DEFAULTS on top.
+#: fit() keywords per backbone family; the FastText presets take sslkit.fasttext.train_defaults_for on top.
 PRETRAINED_TRAIN_DEFAULTS = {"epochs": 6, "batch_size": 32, "lr": 2e-3}
 
 
@@ -180,10 +180,10 @@ def train_defaults(backbone: str = "minilm", **overrides: Any) -> dict:
     model: 6 epochs, batch 32, lr 2e-3; FastText: :data:`sslkit.fasttext.TRAIN_DEFAULTS`), then every
     override that is not None -- so a notebook parameter left at None means "the backbone's default"."""
     out = dict(PRETRAINED_TRAIN_DEFAULTS)
-    if str(backbone).lower() == "fasttext":
-        from .fasttext import TRAIN_DEFAULTS
+    from .fasttext import is_fasttext, train_defaults_for
 
-        out.update(TRAIN_DEFAULTS)
+    if is_fasttext(backbone):
+        out.update(train_defaults_for(backbone))
     out.update({k: v for k, v in overrides.items() if v is not None})
     TrainConfig.from_kwargs(**out)  # unknown keywords fail here, with the list of known ones
     return out

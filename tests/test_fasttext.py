@@ -202,3 +202,15 @@ def test_lsa_init_from_the_corpus():
     assert torch.equal(again.encoder.weight, model.encoder.weight)
     with pytest.raises(ValueError, match="init"):
         load_fasttext(2, **SMALL, init="word2vec")
+
+
+def test_presets_are_backbone_names_with_their_train_defaults(tmp_path):
+    model = sslkit.load_backbone("fasttext-zh", 3, buckets=2**10)  # the caller's option over the preset's
+    extra = model.info.extra
+    assert model.info.name == "fasttext-zh" and model.info.max_length == 8192
+    assert (extra["char_ngrams"], extra["word_ngrams"], extra["init"], extra["buckets"]) == ([1, 2], None, "lsa", 2**10)
+    assert sslkit.train_defaults("fasttext-zh")["weight_decay"] == 0.1
+    assert sslkit.train_defaults("fasttext")["weight_decay"] == sslkit.fasttext.TRAIN_DEFAULTS["weight_decay"]
+    assert sslkit.train_defaults("fasttext-zh", weight_decay=0.0)["weight_decay"] == 0.0
+    model.save(tmp_path)
+    assert sslkit.backbone.load_saved_backbone(tmp_path).info == model.info
