@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 #: True when $SSLKIT_SMOKE=1: notebooks shrink data and epochs so CI can run them end to end.
 SMOKE: bool = os.environ.get("SSLKIT_SMOKE", "0") not in ("", "0", "false", "False")
 
-from . import methods  # noqa: E402
+from . import fasttext, methods  # noqa: E402
 from .backbone import Backbone, LoraSettings, embed, load_backbone, load_saved_backbone  # noqa: E402
 from .data import Budget, DatasetSplits, TextDataset, dataset_names, load_dataset, split_budget  # noqa: E402
 from .metrics import classification_metrics, per_class_report  # noqa: E402
@@ -27,6 +27,6 @@ from .trainer import RunResult, TrainConfig, evaluate, fit, results_table, train
 __all__ = [
     "SMOKE", "Backbone", "Budget", "DatasetSplits", "LoraSettings", "RunResult", "TextDataset",
     "TrainConfig", "classification_metrics", "dataset_names", "embed", "evaluate", "fit",
-    "load_backbone", "load_dataset", "load_runs", "load_saved_backbone", "methods",
+    "fasttext", "load_backbone", "load_dataset", "load_runs", "load_saved_backbone", "methods",
     "per_class_report", "read_metrics", "results_table", "split_budget", "train_defaults",
 ]
