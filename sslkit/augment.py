@@ -19,6 +19,20 @@ import torch.nn.functional as F
 TOKEN_OPS = ("delete", "swap", "replace")
 
 
+def pad_token_id(model) -> int:
+    """The backbone tokenizer's pad id (0 when it has none, as for FastText)."""
+    tok = getattr(model, "tokenizer", None)
+    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
+    return int(pid) if pid is not None else 0
+
+
+def model_token_noise(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rate: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_noise` with the backbone's special ids, mask id and pad id."""
+    return token_noise(input_ids, attention_mask, rate, special_ids=sorted(model.special_token_ids),
+                       mask_id=model.mask_token_id, pad_id=pad_token_id(model))
+
+
 def token_noise(input_ids: torch.Tensor, attention_mask: torch.Tensor, rate: float, *,
                 special_ids: Sequence[int] = (), mask_id: int, pad_id: int = 0,
                 ops: Sequence[str] = TOKEN_OPS, generator: torch.Generator | None = None

@@ -10,6 +10,7 @@ import pytest
 
 import sslkit
 from sslkit.methods import SelfTraining
+from sslkit.methods import self_training as self_training_module
 from sslkit.runs import read_rounds, read_traces
 from sslkit.trainer import LAST_STATE, fit
 
@@ -98,8 +99,10 @@ def test_resume_replays_pseudo_label_rounds(budget, tmp_path, make_model):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_unlabeled_term_moves_the_weights(budget, make_model):
-    """The per-step pseudo-label term must carry gradient (USB's mean-teacher bug, avoided)."""
+@pytest.mark.parametrize("strong_noise", [0.0, 0.3])
+def test_unlabeled_term_moves_the_weights(budget, make_model, strong_noise, monkeypatch):
+    """The per-step pseudo-label term must carry gradient (USB's mean-teacher bug, avoided); with
+    strong_noise the student's view is the token-noised copy (FixMatch's strong view)."""
     import torch
 
     from sslkit.trainer import Context, TrainConfig
@@ -107,10 +110,19 @@ def test_unlabeled_term_moves_the_weights(budget, make_model):
     model = make_model(budget)
     with torch.no_grad():
         model.head.weight.mul_(50)  # confident predictions so pseudo-labels pass the threshold
-    method = SelfTraining(threshold="fixed", fixed_tau=0.0, margin=-1.0, unlabeled_weight=1.0)
+    method = SelfTraining(threshold="fixed", fixed_tau=0.0, margin=-1.0, unlabeled_weight=1.0,
+                          strong_noise=strong_noise)
+    noised = []
+    real_noise = self_training_module.model_token_noise
+    monkeypatch.setattr(self_training_module, "model_token_noise",
+                        lambda *a: noised.append(a[3]) or real_noise(*a))
 
     class Acc:
         num_processes = 1
+
+        @staticmethod
+        def unwrap_model(m):
+            return m
 
     ctx = Context(model=model, accelerator=Acc(), budget=budget, config=TrainConfig(), num_classes=budget.num_classes)
     method.setup(ctx)
@@ -119,6 +131,7 @@ def test_unlabeled_term_moves_the_weights(budget, make_model):
     lab["labels"] = torch.as_tensor(budget.labeled.labels[:4])
     out = method.loss({"labeled": lab, "unlabeled": ids}, ctx)
     assert out["mask_rate"] == 1.0
+    assert noised == ([strong_noise] if strong_noise else [])
     out["unsup"].requires_grad_(False)
     model.zero_grad()
     (out["loss"] - out["sup"]).backward()  # the unsupervised part alone

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ..augment import adversarial_embeddings, token_noise
+from ..augment import adversarial_embeddings, model_token_noise, pad_token_id
 from ..consistency import (consistency_loss, consistency_weight, ema_decay, ema_update_, ensemble_update_,
                            temporal_target)
 from .base import Method
@@ -38,12 +38,6 @@ from .base import Method
 #: Maximum consistency weight per loss when ``max_weight`` is None (MSE/L1 are summed over classes).
 DEFAULT_MAX_WEIGHT = {"mse": 5.0, "kl": 1.0, "l1": 1.0}
 NOISES = ("dropout", "token", "fgm")
-
-
-def _pad_id(model) -> int:
-    tok = getattr(model, "tokenizer", None)
-    pid = getattr(tok, "pad_token_id", None) if tok is not None else None
-    return int(pid) if pid is not None else 0
 
 
 def cat_batches(lab: dict, unl: dict | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,9 +86,7 @@ class _Consistency(Method):
     def noisy_input(self, ctx, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.noise != "token":
             return ids, mask
-        m = ctx.unwrapped_model
-        return token_noise(ids, mask, self.noise_rate, special_ids=sorted(m.special_token_ids),
-                           mask_id=m.mask_token_id, pad_id=_pad_id(m))
+        return model_token_noise(ctx.unwrapped_model, ids, mask, self.noise_rate)
 
     def noisy_logits(self, ctx, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None,
                      params: dict | None = None) -> torch.Tensor:
@@ -120,7 +112,7 @@ class PiModel(_Consistency):
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
         lab = batch["labeled"]
-        ids, mask, _ = cat_batches(lab, batch["unlabeled"], _pad_id(ctx.unwrapped_model))
+        ids, mask, _ = cat_batches(lab, batch["unlabeled"], pad_token_id(ctx.unwrapped_model))
         n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         if w == 0.0:  # first epoch: the supervised part only (no second pass)
@@ -157,7 +149,7 @@ class TemporalEnsemble(_Consistency):
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
         lab = batch["labeled"]
-        ids, mask, idx = cat_batches(lab, batch["unlabeled"], _pad_id(ctx.unwrapped_model))
+        ids, mask, idx = cat_batches(lab, batch["unlabeled"], pad_token_id(ctx.unwrapped_model))
         n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         rows = idx.cpu()
@@ -227,7 +219,7 @@ class MeanTeacher(_Consistency):
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
         lab = batch["labeled"]
-        ids, mask, _ = cat_batches(lab, batch["unlabeled"], _pad_id(ctx.unwrapped_model))
+        ids, mask, _ = cat_batches(lab, batch["unlabeled"], pad_token_id(ctx.unwrapped_model))
         n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         if w == 0.0:

@@ -4,6 +4,9 @@ Per step, on the unlabeled part of the batch, the thresholds follow the EMA rule
 :class:`sslkit.thresholds.AdaptiveThreshold`. Optionally (``unlabeled_weight > 0``) the step also
 trains on the batch's own pseudo-labels (FreeMatch-style self-training term):
 L = L_sup + w_u * mean_i [label_i >= 0] * c_i * CE(f(u_i), label_i), c_i = confidence if weighted.
+With ``strong_noise > 0`` the pseudo-label comes from a no-gradient pass on the text as is and the
+loss is taken on a token-noised copy (deletion / swap / mask at that rate): FixMatch's weak / strong
+views (Sohn et al. 2020), with token noise as the strong augmentation.
 
 After each epoch from ``first_round`` on (a round): the whole pool is scored in batches; accepted
 examples (margin rule) are grouped by pseudo-label, the top ``top_k`` fraction of each class by
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..augment import model_token_noise
 from ..thresholds import AdaptiveThreshold, FixedThreshold, class_balanced_top_k
 from .base import Method
 from .supervised import Supervised
@@ -34,6 +38,7 @@ class SelfTraining(Method):
     fixed_tau: float = 0.95
     weight_by_confidence: bool = False  # pseudo-labeled examples weigh their confidence in the loss
     unlabeled_weight: float = 0.0       # per-step pseudo-label term on the unlabeled batch (0: rounds only)
+    strong_noise: float = 0.0           # token-noise rate of the student's view in that term (0: same input)
     first_round: int = 1                # the first epoch after which a round runs
     rounds: int | None = None           # at most this many rounds (None: every epoch from first_round)
 
@@ -61,7 +66,14 @@ class SelfTraining(Method):
         out = {"sup": sup.detach()}
         total = sup
         if unl is not None:
-            if self.unlabeled_weight > 0:
+            if self.unlabeled_weight > 0 and self.strong_noise > 0:
+                with torch.no_grad():  # weak view: the text as is
+                    probs = torch.softmax(ctx.model(input_ids=unl["input_ids"],
+                                                    attention_mask=unl["attention_mask"]).float(), dim=-1)
+                ids, mask = model_token_noise(ctx.unwrapped_model, unl["input_ids"], unl["attention_mask"],
+                                              self.strong_noise)
+                u_logits = ctx.model(input_ids=ids, attention_mask=mask)  # strong view
+            elif self.unlabeled_weight > 0:
                 u_logits = ctx.model(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"])
                 probs = torch.softmax(u_logits.detach().float(), dim=-1)
             else:  # the thresholds still follow the model's confidence on unlabeled text
