@@ -396,9 +396,8 @@ class FastTextBackbone(Backbone):
             keep = torch.rand(mask.shape, device=mask.device) >= self.ngram_dropout
             keep[:, 0] |= ~(keep & mask.bool()).any(1)
             mask = mask * keep
-        if self.weighting != "none" and input_ids is not None:
-            w = mask.float() * self.ngram_weight[input_ids]
-            return self.dropout((embeds.float() * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6))
+        if self.weighting != "none" and input_ids is not None:  # weights >= 1, so max(sum, 1) = sum
+            mask = mask.float() * self.ngram_weight[input_ids]
         return self.dropout(masked_mean_pool(embeds.float(), mask))
 
     def features(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,

@@ -66,20 +66,16 @@ class SelfTraining(Method):
         out = {"sup": sup.detach()}
         total = sup
         if unl is not None:
-            if self.unlabeled_weight > 0 and self.strong_noise > 0:
-                with torch.no_grad():  # weak view: the text as is
-                    probs = torch.softmax(ctx.model(input_ids=unl["input_ids"],
-                                                    attention_mask=unl["attention_mask"]).float(), dim=-1)
-                ids, mask = model_token_noise(ctx.unwrapped_model, unl["input_ids"], unl["attention_mask"],
-                                              self.strong_noise)
-                u_logits = ctx.model(input_ids=ids, attention_mask=mask)  # strong view
-            elif self.unlabeled_weight > 0:
-                u_logits = ctx.model(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"])
+            ids, attn = unl["input_ids"], unl["attention_mask"]
+            if self.unlabeled_weight > 0 and not self.strong_noise:  # one pass: labels and loss on the text
+                u_logits = ctx.model(input_ids=ids, attention_mask=attn)
                 probs = torch.softmax(u_logits.detach().float(), dim=-1)
-            else:  # the thresholds still follow the model's confidence on unlabeled text
+            else:  # the thresholds (and the weak view's pseudo-labels) from the text as is
                 with torch.no_grad():
-                    probs = torch.softmax(ctx.model(input_ids=unl["input_ids"],
-                                                    attention_mask=unl["attention_mask"]).float(), dim=-1)
+                    probs = torch.softmax(ctx.model(input_ids=ids, attention_mask=attn).float(), dim=-1)
+                if self.unlabeled_weight > 0:  # the loss on the strong view: a token-noised copy
+                    s_ids, s_attn = model_token_noise(ctx.unwrapped_model, ids, attn, self.strong_noise)
+                    u_logits = ctx.model(input_ids=s_ids, attention_mask=s_attn)
             self.th.update(probs)
             if self.unlabeled_weight > 0:
                 labels, _ = self.th.pseudo_labels(probs, self.margin)
