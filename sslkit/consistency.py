@@ -15,17 +15,19 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
-CONSISTENCY_LOSSES = ("mse", "kl", "l1")
+CONSISTENCY_LOSSES = ("mse", "kl", "l1", "ce")
 RAMPUPS = ("linear", "sigmoid", "cosine")
 
 
 def consistency_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, kind: str = "mse",
-                     reduction: str = "mean") -> torch.Tensor:
+                     reduction: str = "mean", threshold: float = 0.0) -> torch.Tensor:
     """Distance between p = softmax(student_logits) [B, C] and a target distribution q [B, C].
 
     * ``"mse"``: sum_c (p_c - q_c)^2   (Laine & Aila 2017's squared difference, summed over classes)
     * ``"kl"``:  KL(q || p) = sum_c q_c (log q_c - log p_c)   (terms with q_c = 0 contribute 0)
     * ``"l1"``:  sum_c |p_c - q_c|
+    * ``"ce"``:  [max_c q_c >= threshold] * -log p_j, j = argmax_c q_c   (the target's hard label where
+      it is confident: pseudo-labels as in FixMatch, Sohn et al. 2020; rows below the threshold give 0)
     Per example, then the mean over the batch (``reduction="none"`` keeps [B]). The target is
     detached: gradients flow only through the student.
     """
@@ -37,6 +39,9 @@ def consistency_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, k
         per = (torch.xlogy(q, q) - q * logp).sum(-1)
     elif kind == "l1":
         per = (logp.exp() - q).abs().sum(-1)
+    elif kind == "ce":
+        conf, hard = q.max(-1)
+        per = -logp.gather(-1, hard.unsqueeze(-1)).squeeze(-1) * (conf >= threshold).to(logp.dtype)
     else:
         raise ValueError(f"consistency must be one of {CONSISTENCY_LOSSES}, got {kind!r}")
     if reduction == "none":

@@ -76,7 +76,7 @@ def test_rampup_values_at_known_points():
         rampup(0.5, "step")
 
 
-@pytest.mark.parametrize("kind", ["mse", "kl", "l1"])
+@pytest.mark.parametrize("kind", ["mse", "kl", "l1", "ce"])
 def test_consistency_losses_against_a_direct_computation(kind):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 5, generator=g)
@@ -91,16 +91,28 @@ def test_consistency_losses_against_a_direct_computation(kind):
             expected.append(sum((a - b) ** 2 for a, b in zip(p, qi)))
         elif kind == "l1":
             expected.append(sum(abs(a - b) for a, b in zip(p, qi)))
+        elif kind == "ce":  # the target's hard label, only where the target is confident enough
+            j = max(range(5), key=qi.__getitem__)
+            expected.append(-math.log(p[j]) if qi[j] >= 0.3 else 0.0)
         else:
             expected.append(sum(b * (math.log(b) - math.log(a)) for a, b in zip(p, qi) if b > 0))
-    per = consistency_loss(logits, q, kind, reduction="none")
+    per = consistency_loss(logits, q, kind, reduction="none", threshold=0.3)
     assert torch.allclose(per, torch.tensor(expected), atol=1e-6)
-    assert consistency_loss(logits, q, kind) == pytest.approx(sum(expected) / 6, abs=1e-6)
+    assert consistency_loss(logits, q, kind, threshold=0.3) == pytest.approx(sum(expected) / 6, abs=1e-6)
     # the target is detached: only the student gets a gradient
     s, t = logits.clone().requires_grad_(), q.clone().requires_grad_()
     consistency_loss(s, t, kind).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
-    assert consistency_loss(q[1:].log(), q[1:], kind) == pytest.approx(0.0, abs=1e-6)  # identical -> 0
+    if kind != "ce":  # identical -> 0 (a hard label against a soft student is not 0)
+        assert consistency_loss(q[1:].log(), q[1:], kind) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ce_consistency_counts_only_confident_targets():
+    logits = torch.zeros(3, 4)
+    q = torch.tensor([[0.97, 0.01, 0.01, 0.01], [0.4, 0.3, 0.2, 0.1], [0.0, 0.0, 0.95, 0.05]])
+    per = consistency_loss(logits, q, "ce", reduction="none", threshold=0.9)
+    assert torch.allclose(per, torch.tensor([math.log(4), 0.0, math.log(4)]))
+    assert consistency_loss(logits, q, "ce", threshold=1.0).item() == 0.0
 
 
 # --------------------------------------------------------------------------- token noise
@@ -206,7 +218,8 @@ def test_consistency_term_has_a_gradient(budget, make_model):
     alone changes the LoRA weights."""
     from sslkit.trainer import Context, TrainConfig
 
-    for method in (PiModel(rampup_epochs=0), TemporalEnsemble(rampup_epochs=0), MeanTeacher(rampup_epochs=0)):
+    for method in (PiModel(rampup_epochs=0), TemporalEnsemble(rampup_epochs=0), MeanTeacher(rampup_epochs=0),
+                   MeanTeacher(rampup_epochs=0, consistency="ce", threshold=0.0)):
         model = make_model(budget)
         ctx = Context(model=model, accelerator=_Acc(), budget=budget, config=TrainConfig(),
                       num_classes=budget.num_classes, steps_per_epoch=1, total_steps=10, step=5)

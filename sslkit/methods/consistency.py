@@ -2,7 +2,7 @@
 
 All three train on a batch made of the labeled part and the unlabeled part (padded into one
 batch) with loss = L_sup(labeled) + w(t) * L_cons(all), where L_cons compares a noisy prediction
-with a target (:func:`sslkit.consistency.consistency_loss`: "mse" | "kl" | "l1") and w(t) ramps up
+with a target (:func:`sslkit.consistency.consistency_loss`: "mse" | "kl" | "l1" | "ce") and w(t) ramps up
 after a first epoch at 0 (:func:`sslkit.consistency.consistency_weight`). The noise is chosen per
 run: ``"dropout"`` (train-mode passes differ), ``"token"`` (deletion / swap / replacement at
 ``noise_rate``, :func:`sslkit.augment.token_noise`) or ``"fgm"`` (adversarial noise on the input
@@ -36,7 +36,7 @@ from ..consistency import (consistency_loss, consistency_weight, ema_decay, ema_
 from .base import Method
 
 #: Maximum consistency weight per loss when ``max_weight`` is None (MSE/L1 are summed over classes).
-DEFAULT_MAX_WEIGHT = {"mse": 5.0, "kl": 1.0, "l1": 1.0}
+DEFAULT_MAX_WEIGHT = {"mse": 5.0, "kl": 1.0, "l1": 1.0, "ce": 1.0}
 NOISES = ("dropout", "token", "fgm")
 
 
@@ -57,7 +57,8 @@ def cat_batches(lab: dict, unl: dict | None, pad_id: int) -> tuple[torch.Tensor,
 
 @dataclass
 class _Consistency(Method):
-    consistency: str = "mse"          # "mse" | "kl" | "l1"
+    consistency: str = "mse"          # "mse" | "kl" | "l1" | "ce" (hard target where max prob >= threshold)
+    threshold: float = 0.9            # "ce" only: the target's confidence needed for its label to count
     max_weight: float | None = None   # None: DEFAULT_MAX_WEIGHT[consistency]
     rampup: str = "sigmoid"           # "linear" | "sigmoid" | "cosine"
     rampup_epochs: float = 2.0        # after the first epoch (weight 0)
@@ -123,7 +124,7 @@ class PiModel(_Consistency):
             target = torch.softmax(self.noisy_logits(ctx, ids, mask).float(), dim=-1)
         logits = self.noisy_logits(ctx, ids, mask, target=target)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
-        cons = consistency_loss(logits, target, self.consistency)
+        cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
 
 
@@ -161,7 +162,8 @@ class TemporalEnsemble(_Consistency):
         target = temporal_target(self.Z[rows], self.updates[rows], self.alpha).to(ids.device)
         logits = self.noisy_logits(ctx, ids, mask, target=target)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
-        per = consistency_loss(logits, target, self.consistency, reduction="none")
+        per = consistency_loss(logits, target, self.consistency, reduction="none",
+                               threshold=self.threshold)
         cons = (per * seen.to(per.device, per.dtype)).sum() / per.shape[0]
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
 
@@ -232,7 +234,7 @@ class MeanTeacher(_Consistency):
             target = torch.softmax(self.noisy_logits(ctx, ids, mask, params=self.teacher).float(), dim=-1)
         logits = self.noisy_logits(ctx, ids, mask, target=target)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
-        cons = consistency_loss(logits, target, self.consistency)
+        cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
 
     def after_step(self, ctx) -> None:
