@@ -66,6 +66,21 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def dataclass_values(obj: Any) -> dict:
+    """A dataclass's fields as a dict, with ints given to float fields stored as floats: 1 and 1.0
+    are the same setting, and must give the same configuration hash (and so the same run id)."""
+    from dataclasses import fields
+
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if isinstance(value, int) and not isinstance(value, bool) and kind.split("|")[0].strip() == "float":
+            value = float(value)
+        out[f.name] = value
+    return out
+
+
 def config_hash(config: dict, length: int = 8) -> str:
     """A short stable hash of a JSON-serialisable config (key order does not matter)."""
     blob = json.dumps(config, sort_keys=True, default=_default, ensure_ascii=False)

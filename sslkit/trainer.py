@@ -30,7 +30,7 @@ from .losses import classification_loss
 from .methods.base import Method
 from .methods.supervised import Supervised
 from .metrics import classification_metrics
-from .runs import MetricsLog, config_hash, reports_dir, write_json
+from .runs import MetricsLog, config_hash, dataclass_values, reports_dir, write_json
 
 LAST_STATE = "last_epoch.pt"
 
@@ -386,7 +386,8 @@ def budget_tag(budget: Budget) -> str:
 
 def run_config(model: Backbone, budget: Budget, method: Method, config: TrainConfig) -> dict:
     """Everything needed to rerun a run (and its identity: the run id hashes it)."""
-    train = {k: v for k, v in asdict(config).items() if k not in ("progress", "run_dir", "resume", "reuse", "track_test")}
+    train = {k: v for k, v in dataclass_values(config).items()
+             if k not in ("progress", "run_dir", "resume", "reuse", "track_test")}
     return {
         "dataset": budget.dataset,
         "budget": budget.describe(),

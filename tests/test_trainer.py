@@ -147,3 +147,21 @@ def test_load_runs_reads_summaries(budget, tmp_path, monkeypatch):
     row = df.iloc[0]
     assert row["test.accuracy"] == res.summary["test"]["accuracy"]
     assert row["method"] == "supervised" and row["dataset"] == budget.dataset
+
+
+def test_an_int_given_to_a_float_option_is_the_same_configuration(budget):
+    """1 and 1.0 are one setting: the run id (a hash of the configuration) must not tell them apart,
+    or a notebook passing 1.0 retrains a finished run started with 1."""
+    from sslkit.methods import MeanTeacher, SelfTraining
+    from sslkit.runs import config_hash
+    from sslkit.trainer import TrainConfig, run_config
+
+    model = sslkit.load_backbone("minilm", budget.num_classes, lora=False)
+    same = [(SelfTraining(unlabeled_weight=1), SelfTraining(unlabeled_weight=1.0), TrainConfig(lr=1), TrainConfig(lr=1.0)),
+            (MeanTeacher(max_weight=5), MeanTeacher(max_weight=5.0), TrainConfig(epochs=2), TrainConfig(epochs=2))]
+    for m1, m2, c1, c2 in same:
+        assert config_hash(run_config(model, budget, m1, c1)) == config_hash(run_config(model, budget, m2, c2))
+    assert SelfTraining(unlabeled_weight=1).config()["unlabeled_weight"] == 1.0
+    assert isinstance(SelfTraining(first_round=1).config()["first_round"], int)  # int fields stay ints
+    assert config_hash(run_config(model, budget, SelfTraining(unlabeled_weight=1), TrainConfig())) != \
+        config_hash(run_config(model, budget, SelfTraining(unlabeled_weight=2), TrainConfig()))

@@ -9,10 +9,12 @@ keys without ``labels`` for methods with ``uses_unlabeled = True`` (else it is N
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 import torch
+
+from ..runs import dataclass_values
 
 
 @dataclass
@@ -60,8 +62,7 @@ class Method:
 
     def config(self) -> dict:
         """The method's knobs, recorded in config.json."""
-        return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}} \
-            if hasattr(self, "__dataclass_fields__") else {"name": self.name}
+        return {"name": self.name, **dataclass_values(self)} if is_dataclass(self) else {"name": self.name}
 
 
 
