@@ -410,7 +410,8 @@ def test_cli_pseudo_label_end_to_end(tmp_path, capsys):
     assert (after.loc[~pseudo & ~human, "label"] == "").all()
     assert [p.name for p in tmp_path.iterdir() if ".bak." in p.name]
 
-    assert main(args) == 0, capsys.readouterr().err  # a second run continues from the file
+    # a second run continues from the file (with the FixMatch-style options, so they are wired through)
+    assert main(args + ["--strong-noise", "0.2", "--unlabeled-ratio", "2"]) == 0, capsys.readouterr().err
     again = _read_strings(path)
     assert again.loc[human, "label"].tolist() == before.loc[human, "label"].tolist()
     assert again.loc[pseudo, "label"].tolist() == after.loc[pseudo, "label"].tolist()
@@ -419,3 +420,6 @@ def test_cli_pseudo_label_end_to_end(tmp_path, capsys):
     new = (again["label_source"] == "pseudo") & ~pseudo
     if first_rounds and new.any():  # this run's rounds continue after the first run's
         assert min(int(r) for r in again.loc[new, "pseudo_round"]) == max(first_rounds) + 1
+    configs = [json.loads(c.read_text()) for c in (tmp_path / "reports" / "runs").glob("*/config.json")]
+    assert sorted((c["method"]["strong_noise"], c["train"]["unlabeled_batch_size"]) for c in configs) == \
+        [(0.0, 32), (0.2, 64)]
