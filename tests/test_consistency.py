@@ -15,6 +15,7 @@ from sslkit.augment import adversarial_embeddings, token_noise
 from sslkit.consistency import (consistency_loss, consistency_weight, ema_decay, ema_update_, ensemble_update_,
                                 rampup, temporal_target)
 from sslkit.methods import MeanTeacher, PiModel, TemporalEnsemble
+from sslkit.methods.consistency import cat_batches
 from sslkit.trainer import fit
 
 
@@ -286,3 +287,20 @@ def test_mean_teacher_is_an_ema_of_trainable_weights_only(budget, tmp_path, make
     best = max(hist["dev_macro_f1"].max(), hist["dev_macro_f1_teacher"].max())
     assert res.summary["best_variant"] in ("model", "teacher")
     assert res.summary["dev"]["macro_f1"] == pytest.approx(best)
+
+
+def test_noise_labeled_off_keeps_the_labeled_rows_clean(budget, make_model):
+    from sslkit.trainer import Context, TrainConfig
+
+    model = make_model(budget)
+    ctx = Context(model=model, accelerator=_Acc(), budget=budget, config=TrainConfig(),
+                  num_classes=budget.num_classes)
+    batch = _batch(model, budget)
+    ids, mask, _ = cat_batches(batch["labeled"], batch["unlabeled"], 0)
+    torch.manual_seed(0)
+    all_rows = PiModel(noise="token", noise_rate=0.5).noisy_input(ctx, ids, mask)
+    torch.manual_seed(0)
+    clean = PiModel(noise="token", noise_rate=0.5, noise_labeled=False).noisy_input(ctx, ids, mask, n_clean=8)
+    assert torch.equal(clean[0][:8], ids[:8]) and torch.equal(clean[1][:8], mask[:8])
+    assert not torch.equal(all_rows[0][:8], ids[:8])           # on: the labeled rows are noised
+    assert torch.equal(clean[0][8:], all_rows[0][8:])          # the unlabeled rows get the same noise

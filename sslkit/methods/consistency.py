@@ -65,6 +65,7 @@ class _Consistency(Method):
     scale_by_labeled: bool = False    # max weight * labeled fraction (Laine & Aila's w_max * M / N)
     noise: str = "dropout"            # "dropout" | "token" | "fgm"
     noise_rate: float = 0.1           # token noise: probability a token is deleted / swapped / replaced
+    noise_labeled: bool = True        # token noise on the labeled rows too (their supervised loss sees it)
     fgm_eps: float = 1.0              # adversarial noise: L2 norm of the perturbation per example
 
     uses_unlabeled = True
@@ -84,24 +85,32 @@ class _Consistency(Method):
             w_max *= self._labeled_share
         return consistency_weight(ctx.step, ctx.steps_per_epoch, self.rampup_epochs, w_max, self.rampup)
 
-    def noisy_input(self, ctx, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def noisy_input(self, ctx, ids: torch.Tensor, mask: torch.Tensor, n_clean: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token noise on the batch (the first ``n_clean`` rows, the labeled ones when
+        ``noise_labeled`` is off, keep their text; the noise drawn for the rest is unchanged)."""
         if self.noise != "token":
             return ids, mask
-        return model_token_noise(ctx.unwrapped_model, ids, mask, self.noise_rate)
+        noisy_ids, noisy_mask = model_token_noise(ctx.unwrapped_model, ids, mask, self.noise_rate)
+        if n_clean:
+            noisy_ids[:n_clean], noisy_mask[:n_clean] = ids[:n_clean], mask[:n_clean]
+        return noisy_ids, noisy_mask
 
     def noisy_logits(self, ctx, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None,
-                     params: dict | None = None) -> torch.Tensor:
+                     params: dict | None = None, n_labeled: int = 0) -> torch.Tensor:
         """Logits of one noisy pass (train mode, so dropout is always on). ``params`` runs the model
-        with those trainable tensors in place of its own (the mean teacher)."""
+        with those trainable tensors in place of its own (the mean teacher). The first ``n_labeled``
+        rows are the labeled ones (kept free of token noise unless ``noise_labeled``)."""
+        n_clean = 0 if self.noise_labeled else n_labeled
         if params is not None:
-            ids, mask = self.noisy_input(ctx, ids, mask)
+            ids, mask = self.noisy_input(ctx, ids, mask, n_clean)
             return functional_call(ctx.unwrapped_model, params, (ids, mask))
         if self.noise == "fgm" and target is not None:
             embeds = adversarial_embeddings(
                 ctx.unwrapped_model, lambda e, m: ctx.model(input_ids=None, attention_mask=m, inputs_embeds=e),
                 ids, mask, target, eps=self.fgm_eps)
             return ctx.model(input_ids=None, attention_mask=mask, inputs_embeds=embeds)
-        ids, mask = self.noisy_input(ctx, ids, mask)
+        ids, mask = self.noisy_input(ctx, ids, mask, n_clean)
         return ctx.model(input_ids=ids, attention_mask=mask)
 
 
@@ -121,8 +130,8 @@ class PiModel(_Consistency):
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(0.0)}
         with torch.no_grad():
-            target = torch.softmax(self.noisy_logits(ctx, ids, mask).float(), dim=-1)
-        logits = self.noisy_logits(ctx, ids, mask, target=target)
+            target = torch.softmax(self.noisy_logits(ctx, ids, mask, n_labeled=n_l).float(), dim=-1)
+        logits = self.noisy_logits(ctx, ids, mask, target=target, n_labeled=n_l)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
         cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
@@ -160,7 +169,7 @@ class TemporalEnsemble(_Consistency):
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(w)}
         target = temporal_target(self.Z[rows], self.updates[rows], self.alpha).to(ids.device)
-        logits = self.noisy_logits(ctx, ids, mask, target=target)
+        logits = self.noisy_logits(ctx, ids, mask, target=target, n_labeled=n_l)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
         per = consistency_loss(logits, target, self.consistency, reduction="none",
                                threshold=self.threshold)
@@ -231,8 +240,9 @@ class MeanTeacher(_Consistency):
         if next(iter(self.teacher.values())).device != ids.device:  # after a resume onto a GPU
             self.teacher = {n: t.to(ids.device) for n, t in self.teacher.items()}
         with torch.no_grad():
-            target = torch.softmax(self.noisy_logits(ctx, ids, mask, params=self.teacher).float(), dim=-1)
-        logits = self.noisy_logits(ctx, ids, mask, target=target)
+            target = torch.softmax(self.noisy_logits(ctx, ids, mask, params=self.teacher, n_labeled=n_l).float(),
+                                   dim=-1)
+        logits = self.noisy_logits(ctx, ids, mask, target=target, n_labeled=n_l)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
         cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
