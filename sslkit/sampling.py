@@ -109,3 +109,37 @@ def _take(size: int, room: int, class_in_batch: bool, step: str) -> int:
                 return t
         return 0
     return min(size, room)
+
+
+def length_grouped_batches(
+    lengths: Sequence[int] | np.ndarray,
+    batch_size: int,
+    group: int = 16,
+    rng: np.random.Generator | int | None = None,
+) -> list[list[int]]:
+    """One shuffled pass in batches of texts of similar length (less padding, same examples).
+
+    The positions are shuffled, cut into "mega-batches" of ``group * batch_size``, each mega-batch
+    is sorted by length (ties keep the shuffled order) and cut into batches of ``batch_size``, and
+    the batches of all mega-batches are shuffled together -- the scheme of Hugging Face's
+    ``LengthGroupedSampler``, with the batch order shuffled rather than longest first, so an epoch
+    is no long-to-short curriculum. Padding is to the longest text of a batch, so a batch of
+    similar lengths costs its real tokens: on banking77 (MiniLM tokens: median 13, max 64) a random
+    batch of 32 is 32% real tokens, a grouped one (group 16) 89%, and a training step ~3x cheaper.
+    ``group <= 1`` is a plain shuffle. Every position appears exactly once; at most one batch per
+    mega-batch is short. Deterministic given ``rng`` (a Generator or a seed).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    lengths = np.asarray(lengths)
+    perm = rng.permutation(len(lengths))
+    if group <= 1:
+        return [perm[s:s + batch_size].tolist() for s in range(0, len(perm), batch_size)]
+    mega = group * batch_size
+    batches: list[list[int]] = []
+    for s in range(0, len(perm), mega):
+        chunk = perm[s:s + mega]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[t:t + batch_size].tolist() for t in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]

@@ -31,6 +31,7 @@ from .methods.base import Method
 from .methods.supervised import Supervised
 from .metrics import classification_metrics
 from .runs import MetricsLog, config_hash, dataclass_values, reports_dir, write_json
+from .sampling import length_grouped_batches
 
 LAST_STATE = "last_epoch.pt"
 
@@ -42,6 +43,7 @@ class TrainConfig:
     epochs: int = 6
     batch_size: int = 32
     unlabeled_batch_size: int | None = None  # default: same as batch_size
+    group_by_length: int = 16        # batches of similar lengths from shuffled groups of this many batches (0: plain shuffle)
     lr: float = 2e-3                 # LoRA adapters
     head_lr: float | None = None     # default: lr
     weight_decay: float = 0.01
@@ -292,17 +294,19 @@ class _FixedBatches(torch.utils.data.Sampler):
 
 
 def _epoch_loader(dataset: _Tokenized, batch_size: int, seed: int, epoch: int, collate, drop_last=False,
-                  batches=None):
+                  batches=None, group_by_length: int = 0):
     """A loader whose order depends only on (seed, epoch): resuming replays the same order.
 
     ``batches(labels, batch_size, rng)`` (a method's :meth:`~sslkit.methods.base.Method.labeled_batches`)
-    may return the batches itself; None means a plain shuffle."""
+    may return the batches itself; else ``group_by_length > 1`` makes batches of similar lengths
+    (:func:`sslkit.sampling.length_grouped_batches`), and 0 or 1 means a plain shuffle."""
     rng = np.random.default_rng([seed, epoch])
-    if batches is not None:
-        order = batches(dataset.labels, batch_size, rng)
-        if order is not None:
-            return torch.utils.data.DataLoader(dataset, batch_sampler=_FixedBatches(order, batch_size),
-                                               collate_fn=collate)
+    order = batches(dataset.labels, batch_size, rng) if batches is not None else None
+    if order is None and group_by_length > 1 and not drop_last:
+        order = length_grouped_batches([len(x) for x in dataset.ids], batch_size, group_by_length, rng)
+    if order is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=_FixedBatches(order, batch_size),
+                                           collate_fn=collate)
     perm = rng.permutation(len(dataset)).tolist()
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=perm,
                                        collate_fn=collate, drop_last=drop_last)
@@ -565,13 +569,15 @@ def fit(
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout: same stream with or without resume
         lab_stream = _stream(lambda r: accelerator.prepare_data_loader(
             _epoch_loader(train_set, config.batch_size, config.seed, epoch * 1000 + r, collate,
-                          batches=method.labeled_batches)), steps_per_epoch)
+                          batches=method.labeled_batches, group_by_length=config.group_by_length)),
+            steps_per_epoch)
         unl_iter = None
         if pool is not None and len(pool):
             ubs = config.unlabeled_batch_size or config.batch_size
             pool_view = _Tokenized(pool.tok, pool.idx, None)
             unl_iter = _stream(lambda r: accelerator.prepare_data_loader(
-                _epoch_loader(pool_view, ubs, config.seed + 7919, epoch * 1000 + r, collate)))
+                _epoch_loader(pool_view, ubs, config.seed + 7919, epoch * 1000 + r, collate,
+                              group_by_length=config.group_by_length)))
         pmodel.train()
         t0 = time.time()
         losses = []
