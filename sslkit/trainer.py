@@ -343,7 +343,7 @@ def predict_logits(model: Backbone, texts: Sequence[str], batch_size: int = 128,
     loader = accelerator.prepare_data_loader(loader)
     model.eval()
     out_logits, out_idx = [], []
-    with torch.no_grad():
+    with torch.no_grad(), model.merged_lora():
         for batch in loader:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             logits, idx = accelerator.gather_for_metrics((logits.float(), batch["idx"]))

@@ -290,3 +290,33 @@ def test_gradient_checkpointing_gives_the_same_lora_grads(tiny_decoder_dir):
     assert plain.keys() == ckpt.keys()
     for n in plain:
         torch.testing.assert_close(ckpt[n], plain[n], atol=1e-6, rtol=1e-5)
+
+
+def test_merged_lora_inference_matches_and_restores_the_frozen_weights_exactly():
+    """embed() folds the LoRA update into the frozen weights for inference; the logits agree with
+    the unmerged model and the base weights come back bit for bit (training never sees a drift)."""
+    from peft.tuners.lora import LoraLayer
+
+    model = load_backbone("minilm", 3, lora={"r": 4, "alpha": 8}, max_length=32, seed=0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # a non-zero update (B starts at 0)
+            torch.nn.init.normal_(p, std=0.05)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    before = [m.get_base_layer().weight.detach().clone() for m in layers]
+    texts = ["my card was declined", "how do I top up", "where is my refund?"]
+    batch = model.collate(model.tokenize(texts))
+    model.eval()
+    with torch.no_grad():
+        plain = model(**batch)
+        with model.merged_lora():
+            assert all(m.merged for m in layers)
+            merged = model(**batch)
+            assert not torch.equal(layers[0].get_base_layer().weight, before[0])  # folded in
+    assert torch.allclose(plain, merged, atol=1e-5)
+    assert not any(m.merged for m in layers)
+    assert all(torch.equal(m.get_base_layer().weight, w) for m, w in zip(layers, before))
+    _, logits = embed(model, texts, return_logits=True)
+    assert np.allclose(logits, plain.numpy(), atol=1e-5)
+    model.train()
+    with model.merged_lora():  # training mode: nothing is merged
+        assert not any(m.merged for m in layers)
