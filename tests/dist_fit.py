@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, whatever the cwd
 
 import sslkit  # noqa: E402
-from sslkit.methods import Supervised  # noqa: E402
+from sslkit.methods import Supervised, TemporalEnsemble  # noqa: E402
 from sslkit.methods.contrastive import Contrastive  # noqa: E402
 from sslkit.trainer import fit  # noqa: E402
 
@@ -73,16 +73,25 @@ def _run(out: Path, batch_size: int) -> dict:
     # would pad with recycled examples on two processes (even_batches) but not on one
     data = sslkit.load_dataset("mcid").subsample(train=96, dev=48, test=48, seed=0)
     budget = sslkit.split_budget(data, per_class=3, seed=0)
-    methods = {"supervised": recording(Supervised)(), "contrastive": recording(Contrastive)(loss="simple", k=4, projection=16)}
+    # supervised: plain shuffled batches, so one and two processes train on the same examples per
+    # step; "grouped": the default batches of similar lengths, dealt whole to the processes;
+    # temporal ensembling with Z from the steps' outputs, gathered from every process
+    methods = {"supervised": (recording(Supervised)(), {"group_by_length": 0}),
+               "grouped": (recording(Supervised)(), {}),
+               "contrastive": (recording(Contrastive)(loss="simple", k=4, projection=16), {}),
+               "temporal_ensemble": (recording(TemporalEnsemble)(z_update="steps", rampup_epochs=0),
+                                     {"group_by_length": 0})}
     results = {}
     rank = int(os.environ.get("RANK", "0"))
-    for name, method in methods.items():
+    for name, (method, options) in methods.items():
         model = no_dropout(sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8},
                                                 max_length=32))
         result = fit(model, budget, method, epochs=EPOCHS, batch_size=batch_size, eval_batch_size=64,
                      device="cpu", progress=False, save_checkpoint=False, log_every=1,
-                     run_dir=str(out / f"run-{name}"))
+                     run_dir=str(out / f"run-{name}"), **options)
         (out / f"{name}_seen_{rank}.json").write_text(json.dumps(method.seen))
+        if isinstance(method, TemporalEnsemble):
+            torch.save({"Z": method.Z, "updates": method.updates}, out / f"{name}_z_{rank}.pt")
         results[name] = {"dev": result.dev, "test": result.test,
                          "num_processes": result.summary["num_processes"],
                          "n_labeled": len(budget.labeled), "steps": int(result.history["step"].max())}

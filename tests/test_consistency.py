@@ -258,8 +258,8 @@ def _batch(model, budget):
     return {"labeled": lab, "unlabeled": unl}
 
 
-def test_temporal_ensemble_fills_z_once_per_epoch(budget, tmp_path, make_model):
-    method = TemporalEnsemble(rampup_epochs=1)
+def test_temporal_ensemble_pass_fills_z_once_per_epoch(budget, tmp_path, make_model):
+    method = TemporalEnsemble(rampup_epochs=1, z_update="pass")
     res = fit(make_model(budget), budget, method, run_dir=str(tmp_path), **FAST)
     n = len(budget.labeled) + len(budget.unlabeled)
     assert int((method.updates == 2).sum()) == n and int((method.updates > 2).sum()) == 0
@@ -304,3 +304,67 @@ def test_noise_labeled_off_keeps_the_labeled_rows_clean(budget, make_model):
     assert torch.equal(clean[0][:8], ids[:8]) and torch.equal(clean[1][:8], mask[:8])
     assert not torch.equal(all_rows[0][:8], ids[:8])           # on: the labeled rows are noised
     assert torch.equal(clean[0][8:], all_rows[0][8:])          # the unlabeled rows get the same noise
+
+
+def _rows(output) -> int:
+    return (output[0] if isinstance(output, tuple) else output).shape[0]
+
+
+def test_temporal_ensemble_steps_updates_z_from_the_training_passes_only(budget, tmp_path, make_model):
+    """z_update="steps": every row a step visited gets one update per epoch, from that step's output;
+    no pass over the rest of the pool; the consistency term is on in epoch 2."""
+    model = make_model(budget)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(_rows(o)))
+    method = TemporalEnsemble(rampup_epochs=0, z_update="steps")
+    res = fit(model, budget, method, run_dir=str(tmp_path), **FAST)
+    lab = torch.as_tensor(budget.labeled.idx)
+    assert torch.equal(method.updates[lab], torch.full((len(lab),), 2))  # one labeled pass per epoch
+    rows_per_epoch = res.history["z_rows"].dropna().tolist()
+    assert int(method.updates.sum()) == sum(rows_per_epoch)
+    pool = torch.as_tensor(budget.unlabeled.idx)
+    visited = method.updates[pool] > 0
+    assert 0 < int(visited.sum()) <= len(pool)
+    assert torch.allclose(temporal_target(method.Z[pool][visited], method.updates[pool][visited], 0.6).sum(-1),
+                          torch.ones(int(visited.sum())), atol=1e-5)
+    steps = res.history.dropna(subset=["cons"])
+    assert (steps[steps["epoch"] == 2]["cons"] > 0).all()
+    # against "pass": at least one whole pass over the training set less of forward rows
+    model_pass = make_model(budget)
+    calls_pass = []
+    model_pass.register_forward_hook(lambda m, i, o: calls_pass.append(_rows(o)))
+    fit(model_pass, budget, TemporalEnsemble(rampup_epochs=0, z_update="pass"), run_dir=str(tmp_path / "pass"), **FAST)
+    assert sum(calls_pass) - sum(calls) > len(budget.labeled) + len(budget.unlabeled)
+    with pytest.raises(ValueError, match="z_update"):
+        fit(make_model(budget), budget, TemporalEnsemble(z_update="both"), run_dir=str(tmp_path / "bad"), **FAST)
+
+
+def test_noise_target_off_gives_the_target_pass_the_text_as_is(budget, make_model):
+    """noise_target=False: the target's pass (Π-model's second pass, the teacher's) reads the clean
+    text, FixMatch's weak view; the student's pass is still noised."""
+    from sslkit.trainer import Context, TrainConfig
+
+    model = make_model(budget)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, **kw):
+            seen.append(input_ids.clone())
+            return model(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    class Acc(_Acc):
+        @staticmethod
+        def unwrap_model(m):  # the spy wraps the real model, as accelerate's wrapper would
+            return model
+
+    ctx = Context(model=Spy(), accelerator=Acc(), budget=budget, config=TrainConfig(), num_classes=budget.num_classes)
+    batch = _batch(model, budget)
+    ids, mask, _ = cat_batches(batch["labeled"], batch["unlabeled"], 0)
+    method = PiModel(noise="token", noise_rate=0.5, noise_target=False)
+    method.noisy_logits(ctx, ids, mask, n_labeled=8, for_target=True)
+    method.noisy_logits(ctx, ids, mask, n_labeled=8)
+    assert torch.equal(seen[0], ids)                              # the target: as is
+    assert seen[1].shape != ids.shape or not torch.equal(seen[1], ids)  # the student: noised
+    seen.clear()
+    PiModel(noise="token", noise_rate=0.5).noisy_logits(ctx, ids, mask, n_labeled=8, for_target=True)
+    assert seen[0].shape != ids.shape or not torch.equal(seen[0], ids)  # default: the target is noised too

@@ -70,9 +70,12 @@ def runs(tmp_path_factory):
     return out, one, two
 
 
+METHODS = ("supervised", "grouped", "contrastive", "temporal_ensemble")
+
+
 def test_two_processes_run_and_report_two(runs):
     _, one, two = runs
-    for name in ("supervised", "contrastive"):
+    for name in METHODS:
         assert one[name]["num_processes"] == 1 and two[name]["num_processes"] == 2
         assert one[name]["steps"] == two[name]["steps"]  # the same number of optimiser steps
         assert one[name]["test"]["n"] == two[name]["test"]["n"] == 48  # eval gathers every example once
@@ -80,14 +83,15 @@ def test_two_processes_run_and_report_two(runs):
 
 def test_two_processes_match_one_process_within_tolerance(runs):
     _, one, two = runs
-    for name, acc_tol, f1_tol in (("supervised", 1 / 48 + 1e-9, 0.03), ("contrastive", 0.1, 0.1)):
+    for name, acc_tol, f1_tol in (("supervised", 1 / 48 + 1e-9, 0.03), ("grouped", 0.1, 0.1),
+                                  ("contrastive", 0.1, 0.1), ("temporal_ensemble", 0.1, 0.1)):
         for split in ("dev", "test"):
             a, b = one[name][split], two[name][split]
             assert abs(a["accuracy"] - b["accuracy"]) <= acc_tol, (name, split, a, b)
             assert abs(a["macro_f1"] - b["macro_f1"]) <= f1_tol, (name, split, a, b)
 
 
-@pytest.mark.parametrize("name", ["supervised", "contrastive"])
+@pytest.mark.parametrize("name", METHODS)
 def test_every_labeled_example_is_trained_on_every_epoch(runs, name):
     """Batches are dealt whole to processes; P x K batches (uneven sizes) must not be dropped."""
     out, one, _ = runs
@@ -97,3 +101,20 @@ def test_every_labeled_example_is_trained_on_every_epoch(runs, name):
         for epoch in seen[0]:
             ids = set().union(*(set(s[epoch]) for s in seen))
             assert len(ids) == n, f"{folder} process(es), epoch {epoch}: {len(ids)} of {n} labeled examples"
+
+
+def test_temporal_ensemble_z_is_the_same_on_both_processes(runs):
+    """z_update="steps": each process gathers every process's step outputs, so Z and the update
+    counts are identical on both; every example a step visited was updated once per epoch."""
+    import torch
+
+    out, one, _ = runs
+    z0, z1 = (torch.load(out / "two" / f"temporal_ensemble_z_{r}.pt") for r in (0, 1))
+    assert torch.equal(z0["Z"], z1["Z"]) and torch.equal(z0["updates"], z1["updates"])
+    labeled = sorted(set(json.loads((out / "two" / "temporal_ensemble_seen_0.json").read_text())["1"])
+                     | set(json.loads((out / "two" / "temporal_ensemble_seen_1.json").read_text())["1"]))
+    assert (z0["updates"][labeled] == 2).all()  # every labeled example, once in each of the 2 epochs
+    assert int((z0["updates"] > 0).sum()) > len(labeled)  # and unlabeled ones from the steps
+    z_one = torch.load(out / "one" / "temporal_ensemble_z_0.pt")
+    assert torch.equal(z_one["updates"] > 0, z0["updates"] > 0)  # the same rows as one process
+    assert torch.allclose(z_one["Z"], z0["Z"], atol=0.05)

@@ -65,7 +65,8 @@ class SelfTraining(Method):
         sup = ctx.sup_loss(logits, lab["labels"], lab.get("weights") if self.weight_by_confidence else None)
         out = {"sup": sup.detach()}
         total = sup
-        if unl is not None:
+        # a fixed threshold learns nothing per step: without the per-step term the batch is not scored
+        if unl is not None and (self.unlabeled_weight > 0 or self.threshold != "fixed"):
             ids, attn = unl["input_ids"], unl["attention_mask"]
             if self.unlabeled_weight > 0 and not self.strong_noise:  # one pass: labels and loss on the text
                 u_logits = ctx.model(input_ids=ids, attention_mask=attn)
