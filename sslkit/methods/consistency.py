@@ -120,6 +120,26 @@ class _Consistency(Method):
         ids, mask = self.noisy_input(ctx, ids, mask, n_clean)
         return ctx.model(input_ids=ids, attention_mask=mask)
 
+    def batch_logits(self, ctx, lab: dict, unl: dict | None, target: torch.Tensor | None = None,
+                     params: dict | None = None, for_target: bool = False) -> torch.Tensor:
+        """:meth:`noisy_logits` of the labeled rows, then the unlabeled rows. One process: each part in
+        its own forward, so neither is padded to the other's length (batches of similar lengths are
+        drawn per part; banking77 at 32 + 96 texts: 1.37x fewer tokens than one padded batch). Several
+        processes: one concatenated forward (DistributedDataParallel takes one differentiated forward
+        per backward)."""
+        n_l = lab["input_ids"].shape[0]
+        if unl is None or ctx.accelerator.num_processes > 1:
+            ids, mask, _ = cat_batches(lab, unl, pad_token_id(ctx.unwrapped_model))
+            return self.noisy_logits(ctx, ids, mask, target, params, n_labeled=n_l, for_target=for_target)
+        parts = ((lab, n_l, None if target is None else target[:n_l]),
+                 (unl, 0, None if target is None else target[n_l:]))
+        return torch.cat([self.noisy_logits(ctx, part["input_ids"], part["attention_mask"], t, params,
+                                            n_labeled=n, for_target=for_target) for part, n, t in parts])
+
+
+def _idx(lab: dict, unl: dict | None) -> torch.Tensor:
+    return lab["idx"] if unl is None else torch.cat([lab["idx"], unl["idx"]])
+
 
 @dataclass
 class PiModel(_Consistency):
@@ -128,8 +148,7 @@ class PiModel(_Consistency):
     name = "pi_model"
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
-        lab = batch["labeled"]
-        ids, mask, _ = cat_batches(lab, batch["unlabeled"], pad_token_id(ctx.unwrapped_model))
+        lab, unl = batch["labeled"], batch["unlabeled"]
         n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         if w == 0.0:  # first epoch: the supervised part only (no second pass)
@@ -137,8 +156,8 @@ class PiModel(_Consistency):
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(0.0)}
         with torch.no_grad():
-            target = torch.softmax(self.noisy_logits(ctx, ids, mask, n_labeled=n_l, for_target=True).float(), dim=-1)
-        logits = self.noisy_logits(ctx, ids, mask, target=target, n_labeled=n_l)
+            target = torch.softmax(self.batch_logits(ctx, lab, unl, for_target=True).float(), dim=-1)
+        logits = self.batch_logits(ctx, lab, unl, target=target)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
         cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
@@ -186,8 +205,8 @@ class TemporalEnsemble(_Consistency):
         return sum(t.numel() * t.element_size() for t in state) / 2**20
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
-        lab = batch["labeled"]
-        ids, mask, idx = cat_batches(lab, batch["unlabeled"], pad_token_id(ctx.unwrapped_model))
+        lab, unl = batch["labeled"], batch["unlabeled"]
+        idx = _idx(lab, unl)
         n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         rows = idx.cpu()
@@ -196,8 +215,8 @@ class TemporalEnsemble(_Consistency):
             logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(w)}
-        target = temporal_target(self.Z[rows], self.updates[rows], self.alpha).to(ids.device)
-        logits = self.noisy_logits(ctx, ids, mask, target=target if bool(seen.any()) else None, n_labeled=n_l)
+        target = temporal_target(self.Z[rows], self.updates[rows], self.alpha).to(lab["input_ids"].device)
+        logits = self.batch_logits(ctx, lab, unl, target=target if bool(seen.any()) else None)
         if self.z_update == "steps":
             self._record(ctx, idx, logits)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
@@ -268,20 +287,20 @@ class MeanTeacher(_Consistency):
         return sum(t.numel() * t.element_size() for t in self.teacher.values()) / 2**20
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
-        lab = batch["labeled"]
-        ids, mask, _ = cat_batches(lab, batch["unlabeled"], pad_token_id(ctx.unwrapped_model))
+        lab, unl = batch["labeled"], batch["unlabeled"]
         n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         if w == 0.0:
             logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(0.0)}
-        if next(iter(self.teacher.values())).device != ids.device:  # after a resume onto a GPU
-            self.teacher = {n: t.to(ids.device) for n, t in self.teacher.items()}
+        device = lab["input_ids"].device
+        if next(iter(self.teacher.values())).device != device:  # after a resume onto a GPU
+            self.teacher = {n: t.to(device) for n, t in self.teacher.items()}
         with torch.no_grad():
-            target = torch.softmax(self.noisy_logits(ctx, ids, mask, params=self.teacher, n_labeled=n_l,
-                                                     for_target=True).float(), dim=-1)
-        logits = self.noisy_logits(ctx, ids, mask, target=target, n_labeled=n_l)
+            target = torch.softmax(self.batch_logits(ctx, lab, unl, params=self.teacher, for_target=True).float(),
+                                   dim=-1)
+        logits = self.batch_logits(ctx, lab, unl, target=target)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
         cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
