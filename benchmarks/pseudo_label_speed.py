@@ -31,7 +31,7 @@ def per_example(model, texts, th, margin, top_k):
     tau_c = th.tau_c.tolist()
     by_class: dict[int, list[tuple[float, int]]] = {}
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), model.merged_lora():  # the same merged weights as the batched path: batching alone is compared
         for i, text in enumerate(texts):
             batch = model.collate(model.tokenize([text]))
             p = torch.softmax(model(**batch), dim=-1)[0].tolist()
