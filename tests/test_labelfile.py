@@ -394,8 +394,9 @@ def test_cli_pseudo_label_end_to_end(tmp_path, capsys):
     human = before["label"] != ""
     known = set(before.loc[human, "label"])
     args = ["pseudo-label", str(path), "--text-col", "text", "--label-col", "label", "--id-col", "id",
-            "--epochs", "2", "--reports", str(tmp_path / "reports"), "--device", "cpu"]
-    assert main(args) == 0, capsys.readouterr().err
+            "--reports", str(tmp_path / "reports"), "--device", "cpu"]
+    # one round (at most one row per class): rows stay blank for the second run to continue with
+    assert main(args + ["--epochs", "1"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "backup:" in out
 
@@ -411,7 +412,9 @@ def test_cli_pseudo_label_end_to_end(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if ".bak." in p.name]
 
     # a second run continues from the file (with the FixMatch-style options, so they are wired through)
-    assert main(args + ["--strong-noise", "0.2", "--unlabeled-ratio", "2"]) == 0, capsys.readouterr().err
+    assert (after["label"] == "").any()
+    assert main(args + ["--epochs", "2", "--strong-noise", "0.2", "--unlabeled-ratio", "2"]) == 0, \
+        capsys.readouterr().err
     again = _read_strings(path)
     assert again.loc[human, "label"].tolist() == before.loc[human, "label"].tolist()
     assert again.loc[pseudo, "label"].tolist() == after.loc[pseudo, "label"].tolist()
