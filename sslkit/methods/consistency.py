@@ -43,11 +43,16 @@ DEFAULT_MAX_WEIGHT = {"mse": 5.0, "kl": 1.0, "l1": 1.0, "ce": 1.0}
 NOISES = ("dropout", "token", "fgm")
 
 
+def _idx(lab: dict, unl: dict | None) -> torch.Tensor:
+    """The global example indices of the labeled rows, then the unlabeled rows."""
+    return lab["idx"] if unl is None else torch.cat([lab["idx"], unl["idx"]])
+
+
 def cat_batches(lab: dict, unl: dict | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch from the labeled and unlabeled parts: (input_ids, attention_mask, idx), labeled rows
     first, right-padded with ``pad_id`` to the longer of the two."""
     if unl is None:
-        return lab["input_ids"], lab["attention_mask"], lab["idx"]
+        return lab["input_ids"], lab["attention_mask"], _idx(lab, unl)
     T = max(lab["input_ids"].shape[1], unl["input_ids"].shape[1])
 
     def pad(t: torch.Tensor, value: int) -> torch.Tensor:
@@ -55,7 +60,7 @@ def cat_batches(lab: dict, unl: dict | None, pad_id: int) -> tuple[torch.Tensor,
 
     ids = torch.cat([pad(lab["input_ids"], pad_id), pad(unl["input_ids"], pad_id)])
     mask = torch.cat([pad(lab["attention_mask"], 0), pad(unl["attention_mask"], 0)])
-    return ids, mask, torch.cat([lab["idx"], unl["idx"]])
+    return ids, mask, _idx(lab, unl)
 
 
 @dataclass
@@ -137,10 +142,6 @@ class _Consistency(Method):
                                             n_labeled=n, for_target=for_target) for part, n, t in parts])
 
 
-def _idx(lab: dict, unl: dict | None) -> torch.Tensor:
-    return lab["idx"] if unl is None else torch.cat([lab["idx"], unl["idx"]])
-
-
 @dataclass
 class PiModel(_Consistency):
     """loss = CE(f(x_l)) + w(t) * d(f~(x), f~'(x)) over the labeled and unlabeled examples of the batch."""
@@ -180,8 +181,9 @@ class TemporalEnsemble(_Consistency):
         n = int(max(b.labeled.idx.max(initial=-1), b.unlabeled.idx.max(initial=-1))) + 1
         self.Z = torch.zeros(n, ctx.num_classes)
         self.updates = torch.zeros(n, dtype=torch.long)
-        self._z = torch.zeros(n, ctx.num_classes)          # "steps": this epoch's outputs
-        self._visited = torch.zeros(n, dtype=torch.bool)
+        if self.z_update == "steps":  # this epoch's outputs and which rows they are for
+            self._z = torch.zeros(n, ctx.num_classes)
+            self._visited = torch.zeros(n, dtype=torch.bool)
 
     def _record(self, ctx, idx: torch.Tensor, logits: torch.Tensor) -> None:
         """"steps": keep the step's predictions (the last visit wins) for the end-of-epoch update; with
@@ -211,16 +213,17 @@ class TemporalEnsemble(_Consistency):
         w = self.weight(ctx)
         rows = idx.cpu()
         seen = self.updates[rows] > 0
-        if (w == 0.0 or not bool(seen.any())) and self.z_update == "pass":
+        has_target = bool(seen.any())
+        if (w == 0.0 or not has_target) and self.z_update == "pass":
             logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(w)}
         target = temporal_target(self.Z[rows], self.updates[rows], self.alpha).to(lab["input_ids"].device)
-        logits = self.batch_logits(ctx, lab, unl, target=target if bool(seen.any()) else None)
+        logits = self.batch_logits(ctx, lab, unl, target=target if has_target else None)
         if self.z_update == "steps":
             self._record(ctx, idx, logits)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
-        if w == 0.0 or not bool(seen.any()):  # "steps" before Z has a target: z recorded, no term yet
+        if w == 0.0 or not has_target:  # "steps" before Z has a target: z recorded, no term yet
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(w)}
         per = consistency_loss(logits, target, self.consistency, reduction="none",
                                threshold=self.threshold)
