@@ -538,6 +538,9 @@ def fit(
     method.setup(ctx)
 
     start_epoch, best = 1, {"dev_macro_f1": -1.0, "epoch": 0, "state": None}
+    # dev / test evaluations of the best checkpoint as scored during training: the final report
+    # reuses them (same weights, same texts, same code: the same numbers) instead of scoring again
+    best_eval: dict = {}
     bad_epochs = 0
     if resume_state is not None:
         model.load_trainable_state_dict(resume_state["model"])
@@ -618,17 +621,21 @@ def fit(
         for suffix, state in variants.items():
             if suffix:
                 unwrapped.load_trainable_state_dict(state)
+            scored = {}
             if budget.dev is not None:
-                dev_m = evaluate(unwrapped, budget.dev, config.eval_batch_size, accelerator)["metrics"]
+                scored["dev"] = evaluate(unwrapped, budget.dev, config.eval_batch_size, accelerator)
+                dev_m = scored["dev"]["metrics"]
                 score = dev_m["macro_f1"]
                 record.update({f"dev_accuracy{suffix}": dev_m["accuracy"], f"dev_macro_f1{suffix}": dev_m["macro_f1"]})
             else:
                 score = float(epoch)  # no dev split: the last epoch (of the model itself) is the best
             if config.track_test and budget.test is not None:
-                test_m = evaluate(unwrapped, budget.test, config.eval_batch_size, accelerator)["metrics"]
+                scored["test"] = evaluate(unwrapped, budget.test, config.eval_batch_size, accelerator)
+                test_m = scored["test"]["metrics"]
                 record.update({f"test_accuracy{suffix}": test_m["accuracy"], f"test_macro_f1{suffix}": test_m["macro_f1"]})
             if score > best["dev_macro_f1"]:
                 best = {"dev_macro_f1": score, "epoch": epoch, "state": state, "variant": suffix[1:] or "model"}
+                best_eval = scored
                 improved = True
         if len(variants) > 1:
             unwrapped.load_trainable_state_dict(student)
@@ -657,8 +664,9 @@ def fit(
     if best["state"] is not None:
         final.load_trainable_state_dict(best["state"])
     final.eval()
-    dev = evaluate(final, budget.dev, config.eval_batch_size, accelerator) if budget.dev is not None else None
-    test = evaluate(final, budget.test, config.eval_batch_size, accelerator) if budget.test is not None else None
+    dev, test = (best_eval.get(split) or (evaluate(final, getattr(budget, split), config.eval_batch_size, accelerator)
+                                          if getattr(budget, split) is not None else None)
+                 for split in ("dev", "test"))
     summary = {
         "run_id": run_id, "notebook": notebook, "dataset": budget.dataset, "budget": budget_tag(budget),
         "method": method.name, "backbone": model.info.name, "seed": config.seed,

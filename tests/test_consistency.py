@@ -15,7 +15,7 @@ from sslkit.augment import adversarial_embeddings, token_noise
 from sslkit.consistency import (consistency_loss, consistency_weight, ema_decay, ema_update_, ensemble_update_,
                                 rampup, temporal_target)
 from sslkit.methods import MeanTeacher, PiModel, TemporalEnsemble
-from sslkit.methods.consistency import cat_batches
+from sslkit.methods.consistency import cat_batches, take_rows
 from sslkit.trainer import fit
 
 
@@ -368,3 +368,89 @@ def test_noise_target_off_gives_the_target_pass_the_text_as_is(budget, make_mode
     seen.clear()
     PiModel(noise="token", noise_rate=0.5).noisy_logits(ctx, ids, mask, n_labeled=8, for_target=True)
     assert seen[0].shape != ids.shape or not torch.equal(seen[0], ids)  # default: the target is noised too
+
+
+def test_take_rows_keeps_rows_and_drops_padding_only_they_used():
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0], [0, 5, 6, 7]])  # row 2 left-padded
+    mask = (ids != 0).long()
+    part = {"input_ids": ids, "attention_mask": mask, "idx": torch.tensor([10, 11, 12]), "note": "kept as is"}
+    got = take_rows(part, torch.tensor([False, True, False]))
+    assert got["input_ids"].tolist() == [[5, 6]] and got["attention_mask"].tolist() == [[1, 1]]
+    assert got["idx"].tolist() == [11] and got["note"] == "kept as is"
+    left = take_rows(part, torch.tensor([False, False, True]))
+    assert left["input_ids"].tolist() == [[5, 6, 7]] and left["idx"].tolist() == [12]
+    both = take_rows(part, torch.tensor([False, True, True]))  # together they use every column
+    assert both["input_ids"].tolist() == [[5, 6, 0, 0], [0, 5, 6, 7]]
+    assert take_rows(part, torch.zeros(3, dtype=torch.bool)) is None
+
+
+@pytest.mark.parametrize("method_cls", [PiModel, MeanTeacher])
+def test_hard_targets_leave_rows_below_the_threshold_out_of_the_student_pass(budget, make_model, method_cls):
+    """consistency="ce": rows whose target is below the threshold contribute 0, so the student pass
+    skips them -- the same loss (mean over all rows) as forwarding them and masking after."""
+    from sslkit.trainer import Context, TrainConfig
+
+    model = make_model(budget)
+    model.eval()  # no dropout: both computations see the same function
+    forwarded = []
+    real_forward = model.forward
+    model.forward = lambda *a, **k: forwarded.append((k.get("input_ids", a[0] if a else None)).shape[0]) \
+        or real_forward(*a, **k)
+    ctx = Context(model=model, accelerator=_Acc(), budget=budget, config=TrainConfig(),
+                  num_classes=budget.num_classes, steps_per_epoch=1, total_steps=10, step=5)
+    method = method_cls(consistency="ce", threshold=0.5, noise="dropout")
+    method.setup(ctx)
+    batch = _batch(model, budget)
+    lab, unl = batch["labeled"], batch["unlabeled"]
+    C = budget.num_classes
+    target = torch.full((16, C), 0.1 / (C - 1))
+    hard = torch.arange(16) % C
+    target[torch.arange(16), hard] = 0.9
+    below = torch.tensor([8, 10, 11, 15])  # unlabeled rows with a flat target: below the threshold
+    target[below] = 1.0 / C
+    forwarded.clear()
+    lab_logits, cons = method.student_loss(ctx, lab, unl, target)
+    assert forwarded == [8, 8 - len(below)]  # labeled rows, then only the unlabeled rows above it
+    with torch.no_grad():
+        full = torch.cat([model(lab["input_ids"], lab["attention_mask"]), model(unl["input_ids"], unl["attention_mask"])])
+    expected = consistency_loss(full, target, "ce", threshold=0.5)
+    assert float(cons.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.allclose(lab_logits, full[:8], atol=1e-5)
+    # soft targets: every row goes through the pass
+    forwarded.clear()
+    method_cls(consistency="mse").student_loss(ctx, lab, unl, target)
+    assert forwarded == [8, 8]
+
+
+def test_target_pass_without_dropout_and_unlabeled_only_consistency(budget, make_model):
+    """target_dropout=False: the target's pass runs in eval mode (deterministic, LoRA folded in, the
+    model back in train mode after); labeled_consistency=False: the target covers the unlabeled rows
+    only and the term is their mean (FixMatch's loss)."""
+    from sslkit.trainer import Context, TrainConfig
+
+    model = make_model(budget)
+    model.train()
+    ctx = Context(model=model, accelerator=_Acc(), budget=budget, config=TrainConfig(),
+                  num_classes=budget.num_classes, steps_per_epoch=1, total_steps=10, step=5)
+    batch = _batch(model, budget)
+    lab, unl = batch["labeled"], batch["unlabeled"]
+    method = PiModel(noise="dropout", consistency="mse", target_dropout=False, labeled_consistency=False)
+    method.setup(ctx)
+    t1, t2 = method.target_probs(ctx, lab, unl), method.target_probs(ctx, lab, unl)
+    assert t1.shape == (8, budget.num_classes) and model.training
+    assert torch.equal(t1, t2)  # no dropout: the same target twice
+    model.eval()
+    with torch.no_grad():
+        clean = torch.softmax(model(unl["input_ids"], unl["attention_mask"]), -1)
+    model.train()
+    assert torch.allclose(t1, clean, atol=1e-5)
+    # with dropout on, two target passes differ
+    noisy = PiModel(noise="dropout", consistency="mse")
+    assert not torch.equal(noisy.target_probs(ctx, lab, unl), noisy.target_probs(ctx, lab, unl))
+    # the term: mean over the unlabeled rows of the student's distance to their target
+    model.eval()  # a deterministic student, to compare with a direct computation
+    lab_logits, cons = method.student_loss(ctx, lab, unl, t1)
+    with torch.no_grad():
+        student_u = model(unl["input_ids"], unl["attention_mask"])
+    assert float(cons.detach()) == pytest.approx(float(consistency_loss(student_u, t1, "mse")), rel=1e-5)
+    assert lab_logits.shape == (8, budget.num_classes)

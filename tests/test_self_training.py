@@ -99,13 +99,25 @@ def test_resume_replays_pseudo_label_rounds(budget, tmp_path, make_model):
     pd.testing.assert_frame_equal(a, b)
 
 
+def _one_process_ctx(model, budget):
+    """A trainer context for calling a method's loss directly, as on one process."""
+    from sslkit.trainer import Context, TrainConfig
+
+    class Acc:
+        num_processes = 1
+
+        @staticmethod
+        def unwrap_model(m):
+            return m
+
+    return Context(model=model, accelerator=Acc(), budget=budget, config=TrainConfig(), num_classes=budget.num_classes)
+
+
 @pytest.mark.parametrize("strong_noise", [0.0, 0.3])
 def test_unlabeled_term_moves_the_weights(budget, make_model, strong_noise, monkeypatch):
     """The per-step pseudo-label term must carry gradient (USB's mean-teacher bug, avoided); with
     strong_noise the student's view is the token-noised copy (FixMatch's strong view)."""
     import torch
-
-    from sslkit.trainer import Context, TrainConfig
 
     model = make_model(budget)
     with torch.no_grad():
@@ -117,14 +129,7 @@ def test_unlabeled_term_moves_the_weights(budget, make_model, strong_noise, monk
     monkeypatch.setattr(self_training_module, "model_token_noise",
                         lambda *a: noised.append(a[3]) or real_noise(*a))
 
-    class Acc:
-        num_processes = 1
-
-        @staticmethod
-        def unwrap_model(m):
-            return m
-
-    ctx = Context(model=model, accelerator=Acc(), budget=budget, config=TrainConfig(), num_classes=budget.num_classes)
+    ctx = _one_process_ctx(model, budget)
     method.setup(ctx)
     ids = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
     lab = model.collate(model.tokenize(budget.labeled.texts[:4]))
@@ -137,6 +142,32 @@ def test_unlabeled_term_moves_the_weights(budget, make_model, strong_noise, monk
     (out["loss"] - out["sup"]).backward()  # the unsupervised part alone
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_weak_view_without_dropout_scores_as_the_model_predicts(budget, make_model, monkeypatch):
+    """target_dropout=False: the thresholds and pseudo-labels come from an eval-mode pass (LoRA folded
+    in): the probabilities evaluation would give, and the model is back in train mode after."""
+    import torch
+
+    model = make_model(budget)
+    ctx = _one_process_ctx(model, budget)
+    unl = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
+    lab = model.collate(model.tokenize(budget.labeled.texts[:4]))
+    lab["labels"] = torch.as_tensor(budget.labeled.labels[:4])
+    seen = {}
+    for dropout in (True, False):
+        method = SelfTraining(target_dropout=dropout)
+        method.setup(ctx)
+        monkeypatch.setattr(method.th, "update", lambda probs, d=dropout: seen.setdefault(d, []).append(probs))
+        model.train()
+        method.loss({"labeled": lab, "unlabeled": unl}, ctx)
+        method.loss({"labeled": lab, "unlabeled": unl}, ctx)
+        assert model.training
+    model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(unl["input_ids"], unl["attention_mask"]), -1)
+    assert torch.equal(seen[False][0], seen[False][1]) and torch.allclose(seen[False][0], expected, atol=1e-5)
+    assert not torch.equal(seen[True][0], seen[True][1])  # dropout: two passes differ
 
 
 def test_grown_budget_moves_pseudo_labeled_rows(budget):

@@ -56,9 +56,12 @@ def test_focal_loss_reduces_to_cross_entropy_and_smoothing():
 
 
 # ----------------------------------------------------------------------------- fit
-def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, tmp_path):
+@pytest.mark.parametrize("track_test", [False, True])
+def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, tmp_path, track_test):
+    """The final dev / test numbers are those of the best epoch's evaluation (reused, not scored
+    again): a reloaded checkpoint must reproduce them exactly, with or without per-epoch test scoring."""
     run_dir = tmp_path / "run"
-    result = fit(_model(budget), budget, Supervised(), run_dir=str(run_dir), **FAST)
+    result = fit(_model(budget), budget, Supervised(), run_dir=str(run_dir), track_test=track_test, **FAST)
     for name in ("config.json", "metrics.jsonl", "summary.json", "predictions.csv", "checkpoint"):
         assert (run_dir / name).exists(), name
     assert not (run_dir / LAST_STATE).exists()  # finished runs drop their epoch checkpoint
@@ -80,6 +83,12 @@ def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, t
     _, logits = embed(reloaded, budget.test.texts, return_logits=True)
     acc = float((logits.argmax(1) == budget.test.labels).mean())
     assert acc == summary["test"]["accuracy"]  # exactly, not approximately
+    _, dev_logits = embed(reloaded, budget.dev.texts, return_logits=True)
+    assert float((dev_logits.argmax(1) == budget.dev.labels).mean()) == summary["dev"]["accuracy"]
+    best = history[history["epoch"] == summary["best_epoch"]].dropna(subset=["dev_accuracy"]).iloc[-1]
+    assert best["dev_accuracy"] == summary["dev"]["accuracy"]
+    if track_test:
+        assert best["test_accuracy"] == summary["test"]["accuracy"]
 
 
 def test_same_seed_same_metrics_other_seed_differs(budget, tmp_path):

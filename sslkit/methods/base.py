@@ -17,6 +17,26 @@ import torch
 from ..runs import dataclass_values
 
 
+@torch.no_grad()
+def clean_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+    """Logits of a pass without dropout and without gradient (a target's or a weak view's pass):
+    eval mode, and for the model's own weights the LoRA updates folded in
+    (:meth:`~sslkit.backbone.Backbone.merged_lora`, ~1.7x the texts per second on CPU); ``params``
+    runs the model with those trainable tensors instead (a mean teacher). The model goes back to
+    the mode it was in."""
+    from torch.func import functional_call
+
+    was_training = model.training
+    model.eval()
+    try:
+        if params is not None:
+            return functional_call(model, params, (ids, mask))
+        with model.merged_lora():
+            return model(ids, mask)
+    finally:
+        model.train(was_training)
+
+
 @dataclass
 class Method:
     """Base class: override :meth:`loss`; the hooks default to doing nothing."""

@@ -19,6 +19,11 @@ embeddings, :func:`sslkit.augment.adversarial_embeddings`).
   gradient-free pass over every training example at the end of the epoch -- an epoch of this trainer
   is one pass over the *labeled* set, which at 32 unlabeled texts per step visits ~1/9 of banking77's
   pool, so the per-step outputs alone leave most of Z empty; the price is that pass.
+* FixMatch's loss as options (Sohn et al. 2020): ``noise_target=False`` (the target reads the text as
+  is), ``target_dropout=False`` (the target's pass without dropout, with the LoRA updates folded in:
+  cheaper), ``labeled_consistency=False`` (the term over the unlabeled rows only) and hard targets
+  (``consistency="ce"``, ``threshold``): unlabeled rows below the threshold weigh 0 and are left out of
+  the student's pass on one process (the same loss, fewer texts forwarded).
 * Mean teacher (Tarvainen & Valpola 2017): the teacher is an EMA of the student's *trainable*
   weights only (LoRA adapters + head); the frozen base weights are shared through
   ``torch.func.functional_call``, never copied. Decay min(1 - 1/(step + 1), 0.99) during the
@@ -36,7 +41,7 @@ from torch.func import functional_call
 from ..augment import adversarial_embeddings, model_token_noise, pad_token_id
 from ..consistency import (consistency_loss, consistency_weight, ema_decay, ema_update_, ensemble_update_,
                            temporal_target)
-from .base import Method
+from .base import Method, clean_logits
 
 #: Maximum consistency weight per loss when ``max_weight`` is None (MSE/L1 are summed over classes).
 DEFAULT_MAX_WEIGHT = {"mse": 5.0, "kl": 1.0, "l1": 1.0, "ce": 1.0}
@@ -63,6 +68,20 @@ def cat_batches(lab: dict, unl: dict | None, pad_id: int) -> tuple[torch.Tensor,
     return ids, mask, _idx(lab, unl)
 
 
+def take_rows(part: dict, rows: torch.Tensor) -> dict | None:
+    """The rows of a batch part where the bool mask ``rows`` [B] is set (every per-row tensor:
+    input_ids, attention_mask, idx, ...), cut to the columns any kept row uses (so padding that only
+    dropped rows needed goes too; works for left or right padding). None when no row is kept."""
+    if not bool(rows.any()):
+        return None
+    B = rows.shape[0]
+    out = {k: v[rows] if torch.is_tensor(v) and v.dim() and v.shape[0] == B else v for k, v in part.items()}
+    cols = out["attention_mask"].bool().any(0)
+    if not bool(cols.all()):
+        out["input_ids"], out["attention_mask"] = out["input_ids"][:, cols], out["attention_mask"][:, cols]
+    return out
+
+
 @dataclass
 class _Consistency(Method):
     consistency: str = "mse"          # "mse" | "kl" | "l1" | "ce" (hard target where max prob >= threshold)
@@ -75,6 +94,8 @@ class _Consistency(Method):
     noise_rate: float = 0.1           # token noise: probability a token is deleted / swapped / replaced
     noise_labeled: bool = True        # token noise on the labeled rows too (their supervised loss sees it)
     noise_target: bool = True         # token noise on the target's pass too (False: the text as is, FixMatch's weak view)
+    target_dropout: bool = True       # the target's pass in train mode (dropout on); False: eval mode, LoRA folded in
+    labeled_consistency: bool = True  # the consistency term covers the labeled rows too; False: unlabeled only (FixMatch)
     fgm_eps: float = 1.0              # adversarial noise: L2 norm of the perturbation per example
 
     uses_unlabeled = True
@@ -114,6 +135,8 @@ class _Consistency(Method):
         n_clean = 0 if self.noise_labeled else n_labeled
         if for_target and not self.noise_target:
             n_clean = ids.shape[0]
+        if for_target and not self.target_dropout:
+            return clean_logits(ctx.unwrapped_model, *self.noisy_input(ctx, ids, mask, n_clean), params)
         if params is not None:
             ids, mask = self.noisy_input(ctx, ids, mask, n_clean)
             return functional_call(ctx.unwrapped_model, params, (ids, mask))
@@ -141,6 +164,54 @@ class _Consistency(Method):
         return torch.cat([self.noisy_logits(ctx, part["input_ids"], part["attention_mask"], t, params,
                                             n_labeled=n, for_target=for_target) for part, n, t in parts])
 
+    def _unlabeled_only(self, ctx, unl: dict | None) -> bool:
+        """One process, ``labeled_consistency`` off: the target's pass skips the labeled rows."""
+        return not self.labeled_consistency and unl is not None and ctx.accelerator.num_processes == 1
+
+    def target_probs(self, ctx, lab: dict, unl: dict | None, params: dict | None = None) -> torch.Tensor:
+        """softmax of the target's pass (no gradient): [labeled rows; unlabeled rows], or the unlabeled
+        rows only where :meth:`_unlabeled_only`. ``params``: the mean teacher's weights."""
+        with torch.no_grad():
+            if self._unlabeled_only(ctx, unl):
+                logits = self.noisy_logits(ctx, unl["input_ids"], unl["attention_mask"], params=params,
+                                           for_target=True)
+            else:
+                logits = self.batch_logits(ctx, lab, unl, params=params, for_target=True)
+        return torch.softmax(logits.float(), dim=-1)
+
+    def student_loss(self, ctx, lab: dict, unl: dict | None, target: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's noisy pass against ``target`` (from :meth:`target_probs`): its labeled logits
+        (for the supervised loss) and the consistency term, the mean over the target's rows.
+        With hard targets (``"ce"``, threshold > 0) on one process, unlabeled rows whose target is
+        below the threshold contribute exactly 0, so they are left out of the pass rather than
+        forwarded and masked (FixMatch's mask applied before the forward: the same loss, fewer
+        texts; the dropout and token noise drawn for the rest differ)."""
+        n_l = lab["input_ids"].shape[0]
+        hard = self.consistency == "ce" and self.threshold > 0
+        one = unl is not None and ctx.accelerator.num_processes == 1
+        if not one or (self.labeled_consistency and not hard):
+            logits = self.batch_logits(ctx, lab, unl, target=target)
+            first = 0 if self.labeled_consistency else n_l
+            return logits[:n_l], consistency_loss(logits[first:], target[first:], self.consistency,
+                                                  threshold=self.threshold)
+        n_u = unl["input_ids"].shape[0]
+        t_lab = target[:n_l] if self.labeled_consistency else None
+        t_unl = target[-n_u:]
+        keep = t_unl.max(-1).values >= self.threshold if hard else torch.ones(n_u, dtype=torch.bool,
+                                                                                device=t_unl.device)
+        lab_logits = self.noisy_logits(ctx, lab["input_ids"], lab["attention_mask"], t_lab, n_labeled=n_l)
+        per = [] if t_lab is None else [consistency_loss(lab_logits, t_lab, self.consistency, reduction="none",
+                                                         threshold=self.threshold)]
+        kept = take_rows(unl, keep)
+        ctx.log("mask_rate", float(keep.float().mean()))  # the share of unlabeled rows in the student's pass
+        if kept is not None:
+            u_logits = self.noisy_logits(ctx, kept["input_ids"], kept["attention_mask"], t_unl[keep])
+            per.append(consistency_loss(u_logits, t_unl[keep], self.consistency, reduction="none",
+                                        threshold=self.threshold))
+        cons = torch.cat(per).sum() / target.shape[0] if per else lab_logits.new_zeros(())
+        return lab_logits, cons
+
 
 @dataclass
 class PiModel(_Consistency):
@@ -150,17 +221,14 @@ class PiModel(_Consistency):
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
         lab, unl = batch["labeled"], batch["unlabeled"]
-        n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         if w == 0.0:  # first epoch: the supervised part only (no second pass)
             logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(0.0)}
-        with torch.no_grad():
-            target = torch.softmax(self.batch_logits(ctx, lab, unl, for_target=True).float(), dim=-1)
-        logits = self.batch_logits(ctx, lab, unl, target=target)
-        sup = ctx.sup_loss(logits[:n_l], lab["labels"])
-        cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
+        target = self.target_probs(ctx, lab, unl)
+        lab_logits, cons = self.student_loss(ctx, lab, unl, target)
+        sup = ctx.sup_loss(lab_logits, lab["labels"])
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
 
 
@@ -291,7 +359,6 @@ class MeanTeacher(_Consistency):
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
         lab, unl = batch["labeled"], batch["unlabeled"]
-        n_l = lab["input_ids"].shape[0]
         w = self.weight(ctx)
         if w == 0.0:
             logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
@@ -300,12 +367,9 @@ class MeanTeacher(_Consistency):
         device = lab["input_ids"].device
         if next(iter(self.teacher.values())).device != device:  # after a resume onto a GPU
             self.teacher = {n: t.to(device) for n, t in self.teacher.items()}
-        with torch.no_grad():
-            target = torch.softmax(self.batch_logits(ctx, lab, unl, params=self.teacher, for_target=True).float(),
-                                   dim=-1)
-        logits = self.batch_logits(ctx, lab, unl, target=target)
-        sup = ctx.sup_loss(logits[:n_l], lab["labels"])
-        cons = consistency_loss(logits, target, self.consistency, threshold=self.threshold)
+        target = self.target_probs(ctx, lab, unl, params=self.teacher)
+        lab_logits, cons = self.student_loss(ctx, lab, unl, target)
+        sup = ctx.sup_loss(lab_logits, lab["labels"])
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
 
     def after_step(self, ctx) -> None:

@@ -6,7 +6,8 @@ trains on the batch's own pseudo-labels (FreeMatch-style self-training term):
 L = L_sup + w_u * mean_i [label_i >= 0] * c_i * CE(f(u_i), label_i), c_i = confidence if weighted.
 With ``strong_noise > 0`` the pseudo-label comes from a no-gradient pass on the text as is and the
 loss is taken on a token-noised copy (deletion / swap / mask at that rate): FixMatch's weak / strong
-views (Sohn et al. 2020), with token noise as the strong augmentation.
+views (Sohn et al. 2020), with token noise as the strong augmentation; ``target_dropout=False``
+takes the weak view's pass (labels and threshold statistics) in eval mode, LoRA folded in.
 
 After each epoch from ``first_round`` on (a round): the whole pool is scored in batches; accepted
 examples (margin rule) are grouped by pseudo-label, the top ``top_k`` fraction of each class by
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from ..augment import model_token_noise
 from ..thresholds import AdaptiveThreshold, FixedThreshold, class_balanced_top_k
-from .base import Method
+from .base import Method, clean_logits
 from .supervised import Supervised
 
 
@@ -39,6 +40,7 @@ class SelfTraining(Method):
     weight_by_confidence: bool = False  # pseudo-labeled examples weigh their confidence in the loss
     unlabeled_weight: float = 0.0       # per-step pseudo-label term on the unlabeled batch (0: rounds only)
     strong_noise: float = 0.0           # token-noise rate of the student's view in that term (0: same input)
+    target_dropout: bool = True         # the weak view's pass (labels, thresholds) with dropout; False: eval mode
     first_round: int = 1                # the first epoch after which a round runs
     rounds: int | None = None           # at most this many rounds (None: every epoch from first_round)
 
@@ -72,13 +74,17 @@ class SelfTraining(Method):
                 u_logits = ctx.model(input_ids=ids, attention_mask=attn)
                 probs = torch.softmax(u_logits.detach().float(), dim=-1)
             else:  # the thresholds (and the weak view's pseudo-labels) from the text as is
-                with torch.no_grad():
-                    probs = torch.softmax(ctx.model(input_ids=ids, attention_mask=attn).float(), dim=-1)
-                if self.unlabeled_weight > 0:  # the loss on the strong view: a token-noised copy
-                    s_ids, s_attn = model_token_noise(ctx.unwrapped_model, ids, attn, self.strong_noise)
-                    u_logits = ctx.model(input_ids=s_ids, attention_mask=s_attn)
+                if self.target_dropout:
+                    with torch.no_grad():
+                        logits_w = ctx.model(input_ids=ids, attention_mask=attn)
+                else:  # no dropout, LoRA folded in: cheaper, and the labels of the model as it predicts
+                    logits_w = clean_logits(ctx.unwrapped_model, ids, attn)
+                probs = torch.softmax(logits_w.float(), dim=-1)
             self.th.update(probs)
             if self.unlabeled_weight > 0:
+                if self.strong_noise:  # the loss on the strong view: a token-noised copy
+                    s_ids, s_attn = model_token_noise(ctx.unwrapped_model, ids, attn, self.strong_noise)
+                    u_logits = ctx.model(input_ids=s_ids, attention_mask=s_attn)
                 labels, _ = self.th.pseudo_labels(probs, self.margin)
                 mask = (labels >= 0).float()
                 conf = probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
