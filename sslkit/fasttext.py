@@ -381,8 +381,11 @@ class FastTextBackbone(Backbone):
         dim = self.encoder.weight.shape[1]
         k = min(dim, min(x.shape) - 1)
         svd = TruncatedSVD(k, algorithm="randomized", n_iter=5, random_state=self.seed).fit(x)
+        # directions of a (numerically) zero singular value hold no corpus information: their
+        # components are arbitrary (they differ between LAPACK builds and CPUs), so they stay 0
+        informative = svd.singular_values_ > 1e-6 * max(float(svd.singular_values_.max(initial=0.0)), 1e-12)
         v = np.zeros((len(idf), dim), dtype=np.float32)
-        v[:, :k] = svd.components_.T
+        v[:, :int(informative.sum())] = svd.components_[informative].T
         seen = df > 0
         seen[:OFFSET] = False
         v *= self.lsa_norm / max(float(np.linalg.norm(v[seen], axis=1).mean()), 1e-12)
