@@ -664,9 +664,14 @@ def fit(
     if best["state"] is not None:
         final.load_trainable_state_dict(best["state"])
     final.eval()
-    dev, test = (best_eval.get(split) or (evaluate(final, getattr(budget, split), config.eval_batch_size, accelerator)
-                                          if getattr(budget, split) is not None else None)
-                 for split in ("dev", "test"))
+
+    def final_eval(split: str) -> dict | None:
+        if split in best_eval:  # scored with these very weights during training
+            return best_eval[split]
+        data = getattr(budget, split)
+        return evaluate(final, data, config.eval_batch_size, accelerator) if data is not None else None
+
+    dev, test = final_eval("dev"), final_eval("test")
     summary = {
         "run_id": run_id, "notebook": notebook, "dataset": budget.dataset, "budget": budget_tag(budget),
         "method": method.name, "backbone": model.info.name, "seed": config.seed,

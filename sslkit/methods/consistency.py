@@ -164,9 +164,15 @@ class _Consistency(Method):
         return torch.cat([self.noisy_logits(ctx, part["input_ids"], part["attention_mask"], t, params,
                                             n_labeled=n, for_target=for_target) for part, n, t in parts])
 
+    @staticmethod
+    def _parts_apart(ctx, unl: dict | None) -> bool:
+        """One process with an unlabeled part: labeled and unlabeled rows may take separate forwards
+        (several processes need the one concatenated forward DDP takes per backward)."""
+        return unl is not None and ctx.accelerator.num_processes == 1
+
     def _unlabeled_only(self, ctx, unl: dict | None) -> bool:
-        """One process, ``labeled_consistency`` off: the target's pass skips the labeled rows."""
-        return not self.labeled_consistency and unl is not None and ctx.accelerator.num_processes == 1
+        """``labeled_consistency`` off and the parts apart: the target's pass skips the labeled rows."""
+        return not self.labeled_consistency and self._parts_apart(ctx, unl)
 
     def target_probs(self, ctx, lab: dict, unl: dict | None, params: dict | None = None) -> torch.Tensor:
         """softmax of the target's pass (no gradient): [labeled rows; unlabeled rows], or the unlabeled
@@ -189,25 +195,23 @@ class _Consistency(Method):
         texts; the dropout and token noise drawn for the rest differ)."""
         n_l = lab["input_ids"].shape[0]
         hard = self.consistency == "ce" and self.threshold > 0
-        one = unl is not None and ctx.accelerator.num_processes == 1
-        if not one or (self.labeled_consistency and not hard):
+        if not self._parts_apart(ctx, unl) or (self.labeled_consistency and not hard):
             logits = self.batch_logits(ctx, lab, unl, target=target)
             first = 0 if self.labeled_consistency else n_l
             return logits[:n_l], consistency_loss(logits[first:], target[first:], self.consistency,
                                                   threshold=self.threshold)
-        n_u = unl["input_ids"].shape[0]
         t_lab = target[:n_l] if self.labeled_consistency else None
-        t_unl = target[-n_u:]
-        keep = t_unl.max(-1).values >= self.threshold if hard else torch.ones(n_u, dtype=torch.bool,
-                                                                                device=t_unl.device)
+        kept, t_kept = unl, target[-unl["input_ids"].shape[0]:]
+        if hard:
+            keep = t_kept.max(-1).values >= self.threshold
+            kept, t_kept = take_rows(unl, keep), t_kept[keep]
+            ctx.log("mask_rate", float(keep.float().mean()))  # the share of unlabeled rows in the student's pass
         lab_logits = self.noisy_logits(ctx, lab["input_ids"], lab["attention_mask"], t_lab, n_labeled=n_l)
         per = [] if t_lab is None else [consistency_loss(lab_logits, t_lab, self.consistency, reduction="none",
                                                          threshold=self.threshold)]
-        kept = take_rows(unl, keep)
-        ctx.log("mask_rate", float(keep.float().mean()))  # the share of unlabeled rows in the student's pass
         if kept is not None:
-            u_logits = self.noisy_logits(ctx, kept["input_ids"], kept["attention_mask"], t_unl[keep])
-            per.append(consistency_loss(u_logits, t_unl[keep], self.consistency, reduction="none",
+            u_logits = self.noisy_logits(ctx, kept["input_ids"], kept["attention_mask"], t_kept)
+            per.append(consistency_loss(u_logits, t_kept, self.consistency, reduction="none",
                                         threshold=self.threshold))
         cons = torch.cat(per).sum() / target.shape[0] if per else lab_logits.new_zeros(())
         return lab_logits, cons
