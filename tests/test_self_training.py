@@ -186,3 +186,39 @@ def test_grown_budget_moves_pseudo_labeled_rows(budget):
     assert [gold_of[i] for i in grown.unlabeled.idx.tolist()] == grown.unlabeled_gold.tolist()
     with pytest.raises(ValueError, match="not in the pool"):
         grown_budget(budget, pd.DataFrame({"idx": budget.labeled.idx[:1], "label": [budget.label_names[0]]}))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_strong_view_leaves_rows_without_a_pseudo_label_out(budget, make_model, monkeypatch, weighted):
+    """With the strong view on one process, rows whose pseudo-label is none weigh 0, so the strong pass
+    skips them: the same term (mean over the whole unlabeled batch) as forwarding every row and masking."""
+    import torch
+    import torch.nn.functional as F
+
+    model = make_model(budget)
+    model.eval()  # no dropout: both computations see the same function
+    monkeypatch.setattr(self_training_module, "model_token_noise", lambda model, ids, attn, rate: (ids, attn))
+    forwarded = []
+    real_forward = model.forward
+    model.forward = lambda *a, **k: forwarded.append(k.get("input_ids", a[0] if a else None).shape[0]) \
+        or real_forward(*a, **k)
+    ctx = _one_process_ctx(model, budget)
+    unl = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
+    lab = model.collate(model.tokenize(budget.labeled.texts[:4]))
+    lab["labels"] = torch.as_tensor(budget.labeled.labels[:4])
+    with torch.no_grad():
+        logits = real_forward(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"])
+    probs = torch.softmax(logits.float(), -1)
+    conf = probs.max(-1).values
+    ranked = conf.sort().values
+    cut = float(ranked[3] + ranked[4]) / 2  # half the rows pass a fixed threshold there, none close to it
+    method = SelfTraining(threshold="fixed", fixed_tau=cut, margin=0.0, unlabeled_weight=1.0, strong_noise=0.2,
+                          target_dropout=False, weight_by_confidence=weighted)
+    method.setup(ctx)
+    out = method.loss({"labeled": lab, "unlabeled": unl}, ctx)
+    kept = conf > cut
+    assert 0 < int(kept.sum()) < 8
+    assert forwarded == [4, 8, int(kept.sum())]  # labeled, weak view, then the strong view of the kept rows only
+    per = F.cross_entropy(logits, probs.argmax(-1), reduction="none") * kept * (conf if weighted else 1.0)
+    assert float(out["unsup"]) == pytest.approx(float(per.mean()), rel=1e-5)
+    assert float(out["mask_rate"]) == pytest.approx(float(kept.float().mean()))

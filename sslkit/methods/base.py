@@ -37,6 +37,20 @@ def clean_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, params: dict
         model.train(was_training)
 
 
+def take_rows(part: dict, rows: torch.Tensor) -> dict | None:
+    """The rows of a batch part where the bool mask ``rows`` [B] is set (every per-row tensor:
+    input_ids, attention_mask, idx, ...), cut to the columns any kept row uses (so padding that only
+    dropped rows needed goes too; works for left or right padding). None when no row is kept."""
+    if not bool(rows.any()):
+        return None
+    B = rows.shape[0]
+    out = {k: v[rows] if torch.is_tensor(v) and v.dim() and v.shape[0] == B else v for k, v in part.items()}
+    cols = out["attention_mask"].bool().any(0)
+    if not bool(cols.all()):
+        out["input_ids"], out["attention_mask"] = out["input_ids"][:, cols], out["attention_mask"][:, cols]
+    return out
+
+
 @dataclass
 class Method:
     """Base class: override :meth:`loss`; the hooks default to doing nothing."""

@@ -41,7 +41,7 @@ from torch.func import functional_call
 from ..augment import adversarial_embeddings, model_token_noise, pad_token_id
 from ..consistency import (consistency_loss, consistency_weight, ema_decay, ema_update_, ensemble_update_,
                            temporal_target)
-from .base import Method, clean_logits
+from .base import Method, clean_logits, take_rows
 
 #: Maximum consistency weight per loss when ``max_weight`` is None (MSE/L1 are summed over classes).
 DEFAULT_MAX_WEIGHT = {"mse": 5.0, "kl": 1.0, "l1": 1.0, "ce": 1.0}
@@ -66,20 +66,6 @@ def cat_batches(lab: dict, unl: dict | None, pad_id: int) -> tuple[torch.Tensor,
     ids = torch.cat([pad(lab["input_ids"], pad_id), pad(unl["input_ids"], pad_id)])
     mask = torch.cat([pad(lab["attention_mask"], 0), pad(unl["attention_mask"], 0)])
     return ids, mask, _idx(lab, unl)
-
-
-def take_rows(part: dict, rows: torch.Tensor) -> dict | None:
-    """The rows of a batch part where the bool mask ``rows`` [B] is set (every per-row tensor:
-    input_ids, attention_mask, idx, ...), cut to the columns any kept row uses (so padding that only
-    dropped rows needed goes too; works for left or right padding). None when no row is kept."""
-    if not bool(rows.any()):
-        return None
-    B = rows.shape[0]
-    out = {k: v[rows] if torch.is_tensor(v) and v.dim() and v.shape[0] == B else v for k, v in part.items()}
-    cols = out["attention_mask"].bool().any(0)
-    if not bool(cols.all()):
-        out["input_ids"], out["attention_mask"] = out["input_ids"][:, cols], out["attention_mask"][:, cols]
-    return out
 
 
 @dataclass

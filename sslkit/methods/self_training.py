@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..augment import model_token_noise
 from ..thresholds import AdaptiveThreshold, FixedThreshold, class_balanced_top_k
-from .base import Method, clean_logits
+from .base import Method, clean_logits, take_rows
 from .supervised import Supervised
 
 
@@ -82,14 +82,26 @@ class SelfTraining(Method):
                 probs = torch.softmax(logits_w.float(), dim=-1)
             self.th.update(probs)
             if self.unlabeled_weight > 0:
-                if self.strong_noise:  # the loss on the strong view: a token-noised copy
-                    s_ids, s_attn = model_token_noise(ctx.unwrapped_model, ids, attn, self.strong_noise)
-                    u_logits = ctx.model(input_ids=s_ids, attention_mask=s_attn)
                 labels, _ = self.th.pseudo_labels(probs, self.margin)
                 mask = (labels >= 0).float()
                 conf = probs.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
                 w = mask * (conf if self.weight_by_confidence else 1.0)
-                unsup = (F.cross_entropy(u_logits.float(), labels.clamp(min=0), reduction="none") * w).mean()
+                rows = torch.ones_like(labels, dtype=torch.bool)
+                if self.strong_noise:  # the loss on the strong view: a token-noised copy
+                    if ctx.accelerator.num_processes == 1:
+                        # rows without a pseudo-label weigh 0: left out of the strong pass instead of forwarded
+                        # and masked (FixMatch's mask before the forward; several processes keep the whole batch)
+                        rows = labels >= 0
+                    part = take_rows({"input_ids": ids, "attention_mask": attn}, rows)
+                    if part is not None:
+                        s_ids, s_attn = model_token_noise(ctx.unwrapped_model, part["input_ids"],
+                                                          part["attention_mask"], self.strong_noise)
+                        u_logits = ctx.model(input_ids=s_ids, attention_mask=s_attn)
+                if rows.any():
+                    per = F.cross_entropy(u_logits.float(), labels[rows].clamp(min=0), reduction="none") * w[rows]
+                    unsup = per.sum() / labels.shape[0]  # the mean over the whole unlabeled batch
+                else:
+                    unsup = sup.new_zeros(())
                 total = total + self.unlabeled_weight * unsup
                 out["unsup"] = unsup.detach()
                 out["mask_rate"] = mask.mean()
