@@ -1,9 +1,11 @@
 """Training-step time with torch's CPU dropout vs sslkit.dropout's numpy-drawn masks, measured in one run.
 
-    .venv/bin/python benchmarks/dropout_speed.py [--steps 12] [--batch 32] [--dataset banking77]
+    .venv/bin/python benchmarks/dropout_speed.py [--steps 12] [--batch 32] [--dataset banking77] [--random]
 
 Two copies of the default backbone (all-MiniLM-L6-v2 + LoRA r=16, same seed), one loaded with
-``fast_dropout=True``, take turns in blocks of 3 on the same banking77 batches: a supervised optimiser
+``fast_dropout=True`` (the default for pretrained backbones) and one with ``fast_dropout=False``
+(torch's), take turns in blocks of 3 on the same banking77 batches — texts of similar lengths, as the
+trainer groups them (``--random``: rows drawn at random, padded to the longest): a supervised optimiser
 step (cross-entropy, backward, AdamW) and a forward in training mode without gradients (the weak view /
 target pass of the SSL methods). Medians and their ratio are printed; the eval-mode forward is printed as
 the floor (no dropout at all).
@@ -24,6 +26,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="banking77")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=12, help="measured steps per variant (in blocks of 3)")
+    ap.add_argument("--random", action="store_true", help="random rows instead of batches of similar lengths")
     args = ap.parse_args()
 
     import sslkit
@@ -37,8 +40,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     tok = models["torch"].tokenize(list(budget.labeled.texts))
     batches = []
+    by_length = np.argsort([len(t) for t in tok], kind="stable")
     for _ in range(args.steps + 3):
-        rows = rng.choice(len(tok), args.batch, replace=False)
+        if args.random:
+            rows = rng.choice(len(tok), args.batch, replace=False)
+        else:  # a window of the length order, as in the trainer's grouped batches
+            start = rng.integers(0, len(tok) - args.batch)
+            rows = by_length[start:start + args.batch]
         b = models["torch"].collate([tok[i] for i in rows])
         b["labels"] = torch.as_tensor(budget.labeled.labels[rows])
         batches.append(b)
@@ -70,7 +78,8 @@ def main() -> None:
                     times[kind, name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = statistics.mean(b["input_ids"].numel() for b in batches[:args.steps])
-    print(f"{args.dataset}, batch {args.batch} (~{tokens:.0f} tokens incl. padding), {args.steps} steps per variant, "
+    print(f"{args.dataset}, {'random' if args.random else 'length-grouped'} batches of {args.batch} "
+          f"(~{tokens:.0f} tokens incl. padding), {args.steps} steps per variant, "
           f"{torch.get_num_threads()} threads")
     print(f"{'':16s}{'torch dropout':>15s}{'fast dropout':>15s}{'speed-up':>10s}")
     for kind in ("step", "train forward"):
