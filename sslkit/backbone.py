@@ -370,8 +370,8 @@ def load_backbone(
     from scratch; ``max_length`` then counts n-gram ids (None: the preset's default); further
     keywords such as ``char_ngrams``, ``buckets`` or ``dim`` go to it, over the preset's values.
     ``fast_dropout``: CPU dropout masks drawn by numpy in bulk (:mod:`sslkit.dropout`; same
-    distribution, a different random stream; a MiniLM + LoRA training step on 2 CPU cores ~1.35x
-    faster). None (default): on for pretrained backbones, whose ~55 dropout calls per forward made
+    distribution, a different random stream; ``benchmarks/dropout_speed.py`` measures the gain).
+    None (default): on for pretrained backbones, whose ~55 dropout calls per forward made
     torch's single-threaded mask drawing a third of a step; off for FastText (one dropout per
     forward, nothing to gain, and its measured numbers were taken with torch's).
     """

@@ -1,4 +1,5 @@
-"""Dropout with CPU masks drawn by numpy (opt-in: ``load_backbone(..., fast_dropout=True)``).
+"""Dropout with CPU masks drawn by numpy (the default for pretrained backbones; ``load_backbone(...,
+fast_dropout=False)`` gives torch's).
 
 Dropout is y = x * m / (1 - p), m_i ~ Bernoulli(1 - p) (Srivastava et al. 2014). On CPU, torch draws
 the mask with ``bernoulli_``, one element at a time on a single thread: profiling a MiniLM + LoRA
@@ -17,7 +18,6 @@ Only modules of exactly :class:`torch.nn.Dropout` are switched; attention-probab
 ``benchmarks/dropout_speed.py`` measures the gain.
 """
 from __future__ import annotations
-
 
 import numpy as np
 import torch
@@ -70,5 +70,3 @@ def use_fast_dropout(module: nn.Module) -> int:
             m.__class__ = FastDropout
             n += 1
     return n
-
-
