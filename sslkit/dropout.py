@@ -26,21 +26,23 @@ from torch import nn
 _BITS = 16
 
 
-def keep_mask(shape: tuple[int, ...], p: float, seed: int) -> torch.Tensor:
-    """Bool tensor, True (kept) with probability 1 - round(p * 2^16) / 2^16, from PCG64(seed)."""
+def _kept(shape: tuple[int, ...], p: float, seed: int) -> np.ndarray:
     n = int(np.prod(shape)) if len(shape) else 1
     raw = np.random.PCG64(seed).random_raw(-(-n // 4))  # 4 x 16 bits per draw
-    bits = raw.view(np.uint16)[:n].reshape(shape)
-    # numpy compares unsigned 16-bit ints (torch cannot); the bool result goes over without a copy
-    return torch.from_numpy(bits >= int(round(p * 2**_BITS)))
+    # numpy compares unsigned 16-bit ints (torch cannot)
+    return raw.view(np.uint16)[:n].reshape(shape) >= int(round(p * 2**_BITS))
+
+
+def keep_mask(shape: tuple[int, ...], p: float, seed: int) -> torch.Tensor:
+    """Bool tensor, True (kept) with probability 1 - round(p * 2^16) / 2^16, from PCG64(seed)."""
+    return torch.from_numpy(_kept(shape, p, seed))  # no copy
 
 
 def keep_scale(shape: tuple[int, ...], p: float, seed: int) -> torch.Tensor:
     """Float32 tensor m / (1 - p), m the :func:`keep_mask` of the same seed, built by numpy in one
     pass (float x float products are ~6x faster in torch than selecting with a bool mask)."""
-    mask = keep_mask(shape, p, seed).numpy()
-    out = np.empty(mask.shape, dtype=np.float32)
-    np.multiply(mask, np.float32(1.0 / (1.0 - p)), out=out)
+    out = np.empty(shape, dtype=np.float32)
+    np.multiply(_kept(shape, p, seed), np.float32(1.0 / (1.0 - p)), out=out)
     return torch.from_numpy(out)
 
 
