@@ -26,6 +26,7 @@ method runs on it unchanged; its "tokenizer" is just the hashing options, saved 
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .backbone import SAVE_CONFIG, Backbone, BackboneInfo, CosineHead, masked_mean_pool
 
@@ -55,6 +57,9 @@ TRAIN_DEFAULTS: dict = {
     "weight_decay": 0.0,
     "warmup_ratio": 0.05,
     "max_grad_norm": 0.0,
+    # the whole AdamW update in one fused kernel: with a dense 2^16 x 64 table the per-tensor update
+    # (sqrt, lerp, addcdiv, ... over 4.2M parameters) took 27 of 44 ms of a TE step, fused 4
+    "fused_optimizer": True,
     "init_head": "prototypes",
     # plain shuffled batches, as its accuracies were measured (README); a pooled mean of n-gram rows
     # costs little per padded id, so batches of similar lengths buy FastText little speed
@@ -392,11 +397,9 @@ class FastTextBackbone(Backbone):
         weight = self.encoder.weight
         weight[torch.as_tensor(np.flatnonzero(seen))] = torch.as_tensor(v[seen], dtype=weight.dtype)
 
-    def _mean_dropout(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
-                      input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """h = dropout(sum_t m_t w_t e_t / sum_t m_t w_t), float32, with w_t the id's weight (1, or
-        its IDF); in training each n-gram is also left out of the mean with probability
-        ``ngram_dropout`` (a text keeps at least its first)."""
+    def _pool_weights(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
+        """m_t w_t per position: the mask (in training each n-gram also left out with probability
+        ``ngram_dropout``; a text keeps at least its first) times the id's weight (1, or its IDF)."""
         mask = attention_mask
         if self.training and self.ngram_dropout > 0:
             keep = torch.rand(mask.shape, device=mask.device) >= self.ngram_dropout
@@ -404,14 +407,25 @@ class FastTextBackbone(Backbone):
             mask = mask * keep
         if self.weighting != "none" and input_ids is not None:  # weights >= 1, so max(sum, 1) = sum
             mask = mask.float() * self.ngram_weight[input_ids]
-        return self.dropout(masked_mean_pool(embeds.float(), mask))
+        return mask
 
     def features(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                  inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Masked mean of the n-gram rows, then dropout; ``inputs_embeds`` [B, T, D] replaces the
-        lookup (FGM adversarial noise perturbs :meth:`input_embeddings`)."""
-        embeds = self.input_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        return self._mean_dropout(embeds, attention_mask, input_ids)
+        """h = dropout(sum_t m_t w_t e_t / max(sum_t m_t w_t, 1)), float32: the weighted mean of the
+        n-gram rows (:meth:`_pool_weights`). From ids it is one ``embedding_bag`` over the real
+        positions only (a batch pads to its longest text, on banking77 2.7x its real ids; forward +
+        backward of 128 texts 9 ms instead of 20); ``inputs_embeds`` [B, T, D] replaces the lookup
+        (FGM adversarial noise perturbs :meth:`input_embeddings`)."""
+        weights = self._pool_weights(attention_mask, input_ids)
+        if inputs_embeds is not None:
+            return self.dropout(masked_mean_pool(inputs_embeds.float(), weights))
+        real = attention_mask.bool()
+        lengths = real.sum(1)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        weights = weights.float()
+        sums = F.embedding_bag(input_ids[real], self.encoder.weight, offsets, mode="sum",
+                               per_sample_weights=weights[real], padding_idx=PAD_ID)
+        return self.dropout(sums.float() / weights.sum(1, keepdim=True).clamp(min=1.0))
 
     def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                 return_features: bool = False, inputs_embeds: torch.Tensor | None = None):
@@ -425,11 +439,14 @@ class FastTextBackbone(Backbone):
         return self.tokenizer(texts, max_length or self.info.max_length)
 
     def collate(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Right-pad with 0: {input_ids, attention_mask}."""
-        width = max((len(x) for x in ids), default=0)
-        input_ids = torch.zeros(len(ids), max(width, 1), dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, :len(x)] = torch.as_tensor(x, dtype=torch.long)
+        """Right-pad with 0: {input_ids, attention_mask}. One numpy scatter of all ids (a tensor per
+        row cost 4x as much: 6.7 vs 1.6 ms for 128 texts, a tenth of a FastText step)."""
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        width = max(int(lengths.max(initial=0)), 1)
+        padded = np.full((len(ids), width), PAD_ID, dtype=np.int64)
+        padded[np.arange(width) < lengths[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        input_ids = torch.from_numpy(padded)
         return {"input_ids": input_ids, "attention_mask": (input_ids != PAD_ID).long()}
 
     def save(self, directory: str | Path, label_names: Sequence[str] | None = None) -> Path:

@@ -92,6 +92,9 @@ def test_backbone_interface():
     assert batch["input_ids"].shape == (3, max(map(len, ids)))
     assert torch.equal(batch["attention_mask"].sum(1), torch.tensor([len(x) for x in ids]))
     assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
+    assert all(batch["input_ids"][i, :len(x)].tolist() == list(x) for i, x in enumerate(ids))
+    assert torch.equal(model.collate([[], [7, 3]])["input_ids"], torch.tensor([[0, 0], [7, 3]]))
+    assert model.collate([[]])["input_ids"].shape == (1, 1)
     model.eval()
     logits, h = model(**batch, return_features=True)
     assert logits.shape == (3, 4) and h.shape == (3, 16) and h.dtype == torch.float32
@@ -102,6 +105,22 @@ def test_backbone_interface():
     assert emb.shape == (3, batch["input_ids"].shape[1], 16)
     torch.testing.assert_close(model(inputs_embeds=emb, input_ids=None, attention_mask=batch["attention_mask"]),
                                logits)
+    # the ids path (one embedding_bag over the real positions) and the padded lookup agree, gradients
+    # included, with IDF weights on
+    idf = load_fasttext(4, **SMALL, weighting="idf")
+    idf.adapt_to_corpus(TEXTS)
+    idf.eval()
+    grads = []
+    for use_ids in (True, False):
+        idf.zero_grad()
+        b = idf.collate(idf.tokenize(TEXTS))
+        h = idf.features(b["input_ids"], b["attention_mask"], inputs_embeds=None if use_ids else
+                         idf.input_embeddings(b["input_ids"]))
+        (h * torch.arange(16.0)).sum().backward()
+        grads.append((h.detach(), idf.encoder.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    assert grads[0][1].abs().sum() > 0
     # a linear head and prototypes work too
     linear = load_fasttext(2, **SMALL, head="linear")
     linear.init_head_from_prototypes(np.eye(16)[:4], [0, 0, 1, 1])
@@ -141,6 +160,34 @@ def test_fit_trains_end_to_end(tmp_path):
     _, want = sslkit.embed(result.model, texts, return_logits=True)
     _, got = sslkit.embed(again, texts, return_logits=True)
     np.testing.assert_array_equal(got, want)
+
+
+def test_fused_optimizer_is_the_fasttext_default_and_the_same_update(tmp_path, monkeypatch):
+    """fit(fused_optimizer=True) builds torch's fused AdamW (FastText's default, not LoRA's); it
+    trains to the same weights as the per-tensor update, up to float rounding."""
+    assert sslkit.train_defaults("fasttext")["fused_optimizer"] is True
+    assert "fused_optimizer" not in sslkit.train_defaults("minilm")
+    made = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("fused"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    data = sslkit.load_dataset("banking77").subsample(train=120, dev=30, test=30, seed=0)
+    budget = sslkit.split_budget(data, labeled=0.5, seed=0)
+    tables = {}
+    for fused in (False, True):
+        model = load_fasttext(budget.num_classes, **SMALL, dropout=0.0)
+        start = model.encoder.weight.detach().clone()
+        result = sslkit.fit(model, budget, sslkit.methods.Supervised(), epochs=2, batch_size=16, lr=0.05,
+                            fused_optimizer=fused, seed=0, run_dir=tmp_path / str(fused), progress=False)
+        tables[fused] = result.model.encoder.weight.detach()
+        assert (tables[fused] - start).abs().max() > 0.01  # it trained
+        assert json.loads((tmp_path / str(fused) / "config.json").read_text())["train"].get("fused_optimizer", False) is fused
+    assert made == [None, True]
+    torch.testing.assert_close(tables[True], tables[False], rtol=1e-4, atol=1e-5)
 
 
 def test_idf_weighting_from_the_training_corpus(tmp_path):

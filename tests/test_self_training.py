@@ -90,7 +90,7 @@ def test_resume_replays_pseudo_label_rounds(budget, tmp_path, make_model):
     full = fit(make_model(budget), budget, SelfTraining(**kw), run_dir=str(tmp_path / "full"), **FAST)
     run_dir = tmp_path / "resumed"
     with pytest.raises(Interrupted):
-        fit(make_model(budget), budget, _DiesInEpoch2(**kw), run_dir=str(run_dir), **FAST)
+        fit(make_model(budget), budget, _DiesInEpoch2(**kw), run_dir=str(run_dir), **FAST, resume_every=0)
     assert (run_dir / LAST_STATE).exists()
     again = fit(make_model(budget), budget, SelfTraining(**kw), run_dir=str(run_dir), **FAST)
     assert again.summary["test"] == full.summary["test"]

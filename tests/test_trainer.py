@@ -119,8 +119,8 @@ def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(budget, tmp_path
     full = fit(_model(budget), budget, run_dir=str(tmp_path / "full"), **FAST)
 
     run_dir = tmp_path / "resumed"
-    with pytest.raises(Interrupted):
-        fit(_model(budget), budget, _StopsInEpoch2(), run_dir=str(run_dir), **FAST)
+    with pytest.raises(Interrupted):  # resume_every=0: a checkpoint after every epoch, however short
+        fit(_model(budget), budget, _StopsInEpoch2(), run_dir=str(run_dir), **FAST, resume_every=0)
     assert (run_dir / LAST_STATE).exists()
     assert not (run_dir / "summary.json").exists()
 
@@ -129,6 +129,18 @@ def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(budget, tmp_path
     assert resumed.summary["dev"] == full.summary["dev"]
     # the log holds each epoch once, as if the run had never stopped
     assert resumed.history["dev_macro_f1"].dropna().tolist() == full.history["dev_macro_f1"].dropna().tolist()
+
+
+def test_short_epochs_skip_the_checkpoint_and_a_crash_retrains(budget, tmp_path):
+    """Epochs shorter than resume_every (default 30 s) write no epoch checkpoint: a crashed run starts
+    again from scratch, to the same result (resume_every is bookkeeping, not part of the run id)."""
+    full = fit(_model(budget), budget, run_dir=str(tmp_path / "full"), **FAST)
+    run_dir = tmp_path / "crashed"
+    with pytest.raises(Interrupted):
+        fit(_model(budget), budget, _StopsInEpoch2(), run_dir=str(run_dir), **FAST, resume_every=3600)
+    assert not (run_dir / LAST_STATE).exists()
+    again = fit(_model(budget), budget, Supervised(), run_dir=str(run_dir), **FAST, resume_every=3600)
+    assert again.summary["test"] == full.summary["test"] and again.run_id == full.run_id
 
 
 def test_focal_and_early_stopping_options(budget, tmp_path):
@@ -174,3 +186,19 @@ def test_an_int_given_to_a_float_option_is_the_same_configuration(budget):
     assert isinstance(SelfTraining(first_round=1).config()["first_round"], int)  # int fields stay ints
     assert config_hash(run_config(model, budget, SelfTraining(unlabeled_weight=1), TrainConfig())) != \
         config_hash(run_config(model, budget, SelfTraining(unlabeled_weight=2), TrainConfig()))
+
+
+def test_bookkeeping_options_and_an_unset_later_option_leave_the_run_id_alone(budget):
+    """resume_every is bookkeeping; fused_optimizer (added after runs were recorded) enters the run
+    config only when set, so records made before it stay reusable, and setting it is a new run."""
+    from sslkit.runs import config_hash
+    from sslkit.trainer import TrainConfig, run_config
+
+    model = sslkit.load_backbone("minilm", budget.num_classes, lora=False)
+
+    def run_id(**kw):
+        return config_hash(run_config(model, budget, Supervised(), TrainConfig(**kw)))
+
+    assert run_id() == run_id(resume_every=0) == run_id(fused_optimizer=False)
+    assert "fused_optimizer" not in run_config(model, budget, Supervised(), TrainConfig())["train"]
+    assert run_id(fused_optimizer=True) != run_id()
