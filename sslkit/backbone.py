@@ -185,7 +185,8 @@ class Backbone(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
     ):
         """Logits (and pooled features). ``inputs_embeds`` [B, T, D] replaces the token embedding
-        lookup (used by FGM adversarial noise, which perturbs :meth:`input_embeddings`)."""
+        lookup (used by FGM adversarial noise, which perturbs :meth:`input_embeddings`); ``input_ids``
+        given with it are not read here (FastText reads them for its IDF pooling weights)."""
         h = self.features(input_ids, attention_mask, inputs_embeds)
         logits = self.head(h)
         return (logits, h) if return_features else logits

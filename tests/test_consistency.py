@@ -454,3 +454,21 @@ def test_target_pass_without_dropout_and_unlabeled_only_consistency(budget, make
         student_u = model(unl["input_ids"], unl["attention_mask"])
     assert float(cons.detach()) == pytest.approx(float(consistency_loss(student_u, t1, "mse")), rel=1e-5)
     assert lab_logits.shape == (8, budget.num_classes)
+
+
+def test_fgm_pass_keeps_fasttext_idf_weights():
+    """The adversarial pass hands the ids along with the perturbed embeddings: FastText with IDF
+    pooling weighs them as in its plain pass (with eps = 0 the two passes are the same function)."""
+    from sslkit.fasttext import load_fasttext
+    from sslkit.trainer import Context, TrainConfig
+
+    texts = ["how do I top up my card", "where is my refund", "card not working abroad", "top up failed twice"]
+    model = load_fasttext(3, buckets=2**12, dim=16, weighting="idf", seed=0)
+    model.adapt_to_corpus(texts + ["my card", "refund please"])
+    model.eval()  # no dropout: the passes are comparable
+    b = model.collate(model.tokenize(texts))
+    ctx = Context(model=model, accelerator=_Acc(), budget=None, config=TrainConfig(), num_classes=3)
+    method = PiModel(noise="fgm", fgm_eps=0.0)
+    target = torch.full((4, 3), 1 / 3)
+    fgm = method.noisy_logits(ctx, b["input_ids"], b["attention_mask"], target=target)
+    torch.testing.assert_close(fgm, model(b["input_ids"], b["attention_mask"]))

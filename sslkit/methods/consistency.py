@@ -127,10 +127,11 @@ class _Consistency(Method):
             ids, mask = self.noisy_input(ctx, ids, mask, n_clean)
             return functional_call(ctx.unwrapped_model, params, (ids, mask))
         if self.noise == "fgm" and target is not None:
+            # the ids go along: a transformer reads only the embeddings, FastText's IDF pooling weighs by id
             embeds = adversarial_embeddings(
-                ctx.unwrapped_model, lambda e, m: ctx.model(input_ids=None, attention_mask=m, inputs_embeds=e),
+                ctx.unwrapped_model, lambda e, m: ctx.model(input_ids=ids, attention_mask=m, inputs_embeds=e),
                 ids, mask, target, eps=self.fgm_eps)
-            return ctx.model(input_ids=None, attention_mask=mask, inputs_embeds=embeds)
+            return ctx.model(input_ids=ids, attention_mask=mask, inputs_embeds=embeds)
         ids, mask = self.noisy_input(ctx, ids, mask, n_clean)
         return ctx.model(input_ids=ids, attention_mask=mask)
 
