@@ -472,3 +472,34 @@ def test_fgm_pass_keeps_fasttext_idf_weights():
     target = torch.full((4, 3), 1 / 3)
     fgm = method.noisy_logits(ctx, b["input_ids"], b["attention_mask"], target=target)
     torch.testing.assert_close(fgm, model(b["input_ids"], b["attention_mask"]))
+
+
+def test_temporal_ensemble_steps_forwards_rows_without_a_target_without_a_graph(budget, make_model):
+    """z_update="steps": the unlabeled rows with no target yet get the same logits as in one pass over
+    the batch (so the same z and the same loss), but no gradient flows through them."""
+    from sslkit.trainer import Context, TrainConfig
+
+    model = make_model(budget)
+    model.eval()  # no dropout: the two ways of computing the logits are comparable
+    ctx = Context(model=model, accelerator=_Acc(), budget=budget, config=TrainConfig(),
+                  num_classes=budget.num_classes, steps_per_epoch=1, total_steps=10, step=5)
+    method = TemporalEnsemble(noise="dropout")
+    method.setup(ctx)
+    batch = _batch(model, budget)
+    lab, unl = batch["labeled"], batch["unlabeled"]
+    n_l = lab["input_ids"].shape[0]
+    seen = torch.zeros(n_l + unl["input_ids"].shape[0], dtype=torch.bool)
+    seen[:n_l] = True
+    seen[n_l + 1::3] = True  # some unlabeled rows with a target, scattered
+    target = torch.full((len(seen), budget.num_classes), 1.0 / budget.num_classes)
+    split = method._steps_logits(ctx, lab, unl, target, seen)
+    whole = method.batch_logits(ctx, lab, unl, target=target)
+    torch.testing.assert_close(split, whole, atol=1e-4, rtol=1e-4)
+    assert 0 < ctx.logged["target_rate"] < 1
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+
+    def grads(rows):
+        return torch.autograd.grad(split[rows].sum(), lora, allow_unused=True, retain_graph=True)
+
+    assert all(g is None or g.abs().sum() == 0 for g in grads(~seen))
+    assert any(g is not None and g.abs().sum() > 0 for g in grads(seen))

@@ -15,7 +15,8 @@ embeddings, :func:`sslkit.augment.adversarial_embeddings`).
   set (global ``idx``), Z <- alpha Z + (1 - alpha) z after each epoch, target Z / (1 - alpha^t), t the
   row's own number of updates. ``z_update="steps"`` (default, the paper's): z is the training pass's own
   (noisy, detached) prediction for every example a step visited, so no extra forward pass; rows not
-  visited in an epoch keep their Z and t. ``z_update="pass"``: z comes from one noisy,
+  visited in an epoch keep their Z and t; a row with no target yet (never visited) is forwarded without
+  a graph (its term is 0, its pass only feeds z). ``z_update="pass"``: z comes from one noisy,
   gradient-free pass over every training example at the end of the epoch -- an epoch of this trainer
   is one pass over the *labeled* set, which at 32 unlabeled texts per step visits ~1/9 of banking77's
   pool, so the per-step outputs alone leave most of Z empty; the price is that pass.
@@ -278,7 +279,10 @@ class TemporalEnsemble(_Consistency):
             sup = ctx.sup_loss(logits, lab["labels"])
             return {"loss": sup, "sup": sup.detach(), "cons": torch.zeros(()), "w": torch.tensor(w)}
         target = temporal_target(self.Z[rows], self.updates[rows], self.alpha).to(lab["input_ids"].device)
-        logits = self.batch_logits(ctx, lab, unl, target=target if has_target else None)
+        if self.z_update == "steps" and w > 0.0 and has_target and self._parts_apart(ctx, unl):
+            logits = self._steps_logits(ctx, lab, unl, target, seen.to(target.device))
+        else:
+            logits = self.batch_logits(ctx, lab, unl, target=target if has_target else None)
         if self.z_update == "steps":
             self._record(ctx, idx, logits)
         sup = ctx.sup_loss(logits[:n_l], lab["labels"])
@@ -288,6 +292,26 @@ class TemporalEnsemble(_Consistency):
                                threshold=self.threshold)
         cons = (per * seen.to(per.device, per.dtype)).sum() / per.shape[0]
         return {"loss": sup + w * cons, "sup": sup.detach(), "cons": cons.detach(), "w": torch.tensor(w)}
+
+    def _steps_logits(self, ctx, lab: dict, unl: dict, target: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """The batch's noisy logits for ``z_update="steps"`` (one process): an unlabeled row with no
+        target yet (never visited: its term is 0, its pass only feeds z) is forwarded without a graph,
+        so no backward runs through it. An epoch draws 32 x 29 of banking77's 8101 pool texts afresh,
+        so in epochs 2-6 only 11-46% of the unlabeled rows have a target: the same loss, ~20% less work."""
+        n_l = lab["input_ids"].shape[0]
+        logits = [self.noisy_logits(ctx, lab["input_ids"], lab["attention_mask"], target[:n_l], n_labeled=n_l)]
+        u_seen, t_u = seen[n_l:], target[n_l:]
+        ctx.log("target_rate", float(u_seen.float().mean()))  # the share of unlabeled rows with a target
+        pieces, rows = [], []
+        for keep, grad in ((u_seen, True), (~u_seen, False)):
+            part = take_rows(unl, keep)
+            if part is None:
+                continue
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                pieces.append(self.noisy_logits(ctx, part["input_ids"], part["attention_mask"], t_u[keep]))
+            rows.append(torch.nonzero(keep).squeeze(1))
+        logits.append(torch.cat(pieces)[torch.argsort(torch.cat(rows))])  # back in the batch's order
+        return torch.cat(logits)
 
     @torch.no_grad()
     def after_epoch(self, ctx) -> dict:
