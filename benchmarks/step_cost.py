@@ -4,8 +4,12 @@
 
 Every method runs optimiser steps (loss, backward, AdamW step, its after_step hook) on the same
 batches of banking77 at the default backbone (all-MiniLM-L6-v2 + LoRA r=16), with its consistency
-term fully on. Methods take turns in short blocks so that machine noise hits all of them alike; the
-median step time is reported.
+term fully on. The batches are the trainer's own: length-grouped (``TrainConfig.group_by_length``,
+:func:`sslkit.sampling.length_grouped_batches`) from the labeled set and, separately, from the pool, so
+a batch pads to about its own texts' length as in training (random batches of 32 are ~32% real tokens,
+grouped ones ~89%: timing random ones would price padding, not the methods). Every method runs each of
+the ``--steps`` batches once, methods taking turns in blocks of 3 so that machine noise hits all of them
+alike; the mean step time (an epoch's average) is reported.
 
 Two comparisons are printed (notebook 03's FixMatch-style Π-model row, with three unlabeled texts per
 labeled one, is priced against the same two):
@@ -31,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="banking77")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=12, help="measured steps per method (in blocks of 3)")
+    ap.add_argument("--steps", type=int, default=24, help="measured steps (batches) per method, in blocks of 3")
     ap.add_argument("--noise", default="token", choices=["dropout", "token", "fgm"])
     args = ap.parse_args()
 
@@ -39,6 +43,7 @@ def main() -> None:
 
     import sslkit
     from sslkit.methods import MeanTeacher, PiModel, Supervised, TemporalEnsemble
+    from sslkit.sampling import length_grouped_batches
     from sslkit.trainer import Context, TrainConfig
 
     data = sslkit.load_dataset(args.dataset)
@@ -49,27 +54,40 @@ def main() -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     B = args.batch
     rng = np.random.default_rng(0)
+    group_by_length = TrainConfig().group_by_length
 
-    def part(ds, n, labeled):
-        rows = rng.choice(len(ds), n, replace=False)
-        b = model.collate(model.tokenize([ds.texts[i] for i in rows]))
-        b["idx"] = torch.as_tensor(ds.idx[rows])
-        if labeled:
-            b["labels"] = torch.as_tensor(ds.labels[rows])
-            b["weights"] = torch.ones(n)
-        return b
+    lab_ids, pool_ids = model.tokenize(budget.labeled.texts), model.tokenize(budget.unlabeled.texts)
+    n_batches = args.steps
 
-    n_batches = 8
+    def grouped(ds, ids, n, labeled):
+        """``n_batches`` of the trainer's length-grouped batches of ``n`` rows (full ones; as many passes as needed)."""
+        order: list[list[int]] = []
+        while len(order) < n_batches:
+            order += [b for b in length_grouped_batches([len(x) for x in ids], n, group_by_length, rng) if len(b) == n]
+        out = []
+        for rows in order[:n_batches]:
+            b = model.collate([ids[i] for i in rows])
+            b["idx"] = torch.as_tensor(ds.idx[rows])
+            if labeled:
+                b["labels"] = torch.as_tensor(ds.labels[rows])
+                b["weights"] = torch.ones(n)
+            out.append(b)
+        return out
+
     # the head from class prototypes, as fit() starts it: confidences as in training, so the share of
     # rows past the FixMatch-style threshold (which decides how many the student's pass sees) is real
     model.init_head_from_prototypes(sslkit.embed(model, budget.labeled.texts), budget.labeled.labels)
     model.train()
-    mixed3 = [{"labeled": part(budget.labeled, B, True), "unlabeled": part(budget.unlabeled, 3 * B, False)}
-              for _ in range(n_batches)]
-    mixed = [{"labeled": part(budget.labeled, B, True), "unlabeled": part(budget.unlabeled, B, False)}
-             for _ in range(n_batches)]
-    sup_b = [{"labeled": part(budget.labeled, B, True), "unlabeled": None} for _ in range(n_batches)]
-    sup_2b = [{"labeled": part(budget.labeled, 2 * B, True), "unlabeled": None} for _ in range(n_batches)]
+    lab_b = grouped(budget.labeled, lab_ids, B, True)
+    unl_b, unl_3b = grouped(budget.unlabeled, pool_ids, B, False), grouped(budget.unlabeled, pool_ids, 3 * B, False)
+    mixed = [{"labeled": l, "unlabeled": u} for l, u in zip(lab_b, unl_b)]
+    mixed3 = [{"labeled": l, "unlabeled": u} for l, u in zip(lab_b, unl_3b)]
+    sup_b = [{"labeled": l, "unlabeled": None} for l in lab_b]
+    sup_2b = [{"labeled": l, "unlabeled": None} for l in grouped(budget.labeled, lab_ids, 2 * B, True)]
+    real = {name: float(np.mean([sum(int(p["attention_mask"].sum()) for p in (b["labeled"], b["unlabeled"]) if p is not None)
+                                 / sum(p["attention_mask"].numel() for p in (b["labeled"], b["unlabeled"]) if p is not None)
+                                 for b in bs[:n_batches]]))
+            for name, bs in (("B", sup_b), ("2B", sup_2b), ("B+B", mixed), ("B+3B", mixed3))}
 
     steps_per_epoch = int(np.ceil(len(budget.labeled) / B))
     ctx = Context(model=model, accelerator=acc, budget=budget, config=TrainConfig(), num_classes=budget.num_classes,
@@ -103,15 +121,15 @@ def main() -> None:
         method.after_step(ctx)
 
     times: dict[str, list[float]] = {k: [] for k in methods}
-    for k, (m, batches) in methods.items():  # warm-up
+    for k, (m, batches) in methods.items():  # warm-up (not timed)
         step(m, batches[0])
-    for block in range(max(1, args.steps // 3)):
+    for start in range(0, n_batches, 3):
         for k, (m, batches) in methods.items():
-            for i in range(3):
+            for i in range(start, min(start + 3, n_batches)):
                 t0 = time.perf_counter()
-                step(m, batches[(block * 3 + i) % n_batches])
+                step(m, batches[i])
                 times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.fmean(v) for k, v in times.items()}
 
     t0 = time.perf_counter()
     te.after_epoch(ctx)
@@ -121,7 +139,8 @@ def main() -> None:
     te_steps_update = time.perf_counter() - t0
 
     print(f"{args.dataset} 10%: {len(budget.labeled)} labeled, {len(budget.unlabeled)} pool; B={B}; noise={args.noise}; "
-          f"torch threads={torch.get_num_threads()}; median of {len(times['pi_model'])} steps each")
+          f"torch threads={torch.get_num_threads()}; mean of {n_batches} length-grouped batches each (real tokens: "
+          + ", ".join(f"{k} {v:.0%}" for k, v in real.items()) + ")")
     print(f"{'method':<20}{'s/step':>9}{'vs sup 2B (equal examples)':>29}{'vs sup B (as trained)':>24}")
     for k in methods:
         print(f"{k:<20}{med[k]:>9.3f}{med[k] / med['supervised (2B)']:>28.2f}x{med[k] / med['supervised (B)']:>23.2f}x")
