@@ -92,7 +92,7 @@ def main() -> None:
     steps_per_epoch = int(np.ceil(len(budget.labeled) / B))
     ctx = Context(model=model, accelerator=acc, budget=budget, config=TrainConfig(), num_classes=budget.num_classes,
                   steps_per_epoch=steps_per_epoch, total_steps=10 * steps_per_epoch, step=5 * steps_per_epoch,
-                  train_set=_TrainSetView(model, budget), pool=_PoolView(model, budget))
+                  train_set=_TrainSetView(lab_ids, budget), pool=_PoolView(pool_ids, budget))
     methods = {
         "supervised (B)": (Supervised(), sup_b),
         "supervised (2B)": (Supervised(), sup_2b),
@@ -163,13 +163,13 @@ def main() -> None:
 
 
 class _TrainSetView:
-    def __init__(self, model, budget):
-        self.ids, self.idx = model.tokenize(budget.labeled.texts), budget.labeled.idx
+    def __init__(self, ids, budget):
+        self.ids, self.idx = ids, budget.labeled.idx
 
 
 class _PoolView:
-    def __init__(self, model, budget):
-        self.tok, self.idx = model.tokenize(budget.unlabeled.texts), budget.unlabeled.idx
+    def __init__(self, ids, budget):
+        self.tok, self.idx = ids, budget.unlabeled.idx
 
 
 if __name__ == "__main__":
