@@ -61,9 +61,10 @@ def main() -> None:
 
     def grouped(ds, ids, n, labeled):
         """``n_batches`` of the trainer's length-grouped batches of ``n`` rows (full ones; as many passes as needed)."""
+        lengths = [len(x) for x in ids]
         order: list[list[int]] = []
         while len(order) < n_batches:
-            order += [b for b in length_grouped_batches([len(x) for x in ids], n, group_by_length, rng) if len(b) == n]
+            order += [b for b in length_grouped_batches(lengths, n, group_by_length, rng) if len(b) == n]
         out = []
         for rows in order[:n_batches]:
             b = model.collate([ids[i] for i in rows])
@@ -84,9 +85,13 @@ def main() -> None:
     mixed3 = [{"labeled": l, "unlabeled": u} for l, u in zip(lab_b, unl_3b)]
     sup_b = [{"labeled": l, "unlabeled": None} for l in lab_b]
     sup_2b = [{"labeled": l, "unlabeled": None} for l in grouped(budget.labeled, lab_ids, 2 * B, True)]
-    real = {name: float(np.mean([sum(int(p["attention_mask"].sum()) for p in (b["labeled"], b["unlabeled"]) if p is not None)
-                                 / sum(p["attention_mask"].numel() for p in (b["labeled"], b["unlabeled"]) if p is not None)
-                                 for b in bs[:n_batches]]))
+
+    def real_share(batch: dict) -> float:
+        """Real (unpadded) tokens / padded positions over a step's parts."""
+        masks = [p["attention_mask"] for p in (batch["labeled"], batch["unlabeled"]) if p is not None]
+        return sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    real = {name: float(np.mean([real_share(b) for b in bs]))
             for name, bs in (("B", sup_b), ("2B", sup_2b), ("B+B", mixed), ("B+3B", mixed3))}
 
     steps_per_epoch = int(np.ceil(len(budget.labeled) / B))
@@ -129,7 +134,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 step(m, batches[i])
                 times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.fmean(v) for k, v in times.items()}
+    mean_s = {k: statistics.fmean(v) for k, v in times.items()}
 
     t0 = time.perf_counter()
     te.after_epoch(ctx)
@@ -143,16 +148,16 @@ def main() -> None:
           + ", ".join(f"{k} {v:.0%}" for k, v in real.items()) + ")")
     print(f"{'method':<20}{'s/step':>9}{'vs sup 2B (equal examples)':>29}{'vs sup B (as trained)':>24}")
     for k in methods:
-        print(f"{k:<20}{med[k]:>9.3f}{med[k] / med['supervised (2B)']:>28.2f}x{med[k] / med['supervised (B)']:>23.2f}x")
+        print(f"{k:<20}{mean_s[k]:>9.3f}{mean_s[k] / mean_s['supervised (2B)']:>28.2f}x{mean_s[k] / mean_s['supervised (B)']:>23.2f}x")
     amort = te_pass / steps_per_epoch
     print(f"temporal_ensemble (z_update='pass') end-of-epoch pass over {len(budget.labeled) + len(budget.unlabeled)} "
           f"examples: {te_pass:.1f} s = {amort:.3f} s per step over a {steps_per_epoch}-step epoch -> "
-          f"{(med['temporal_ensemble'] + amort) / med['supervised (2B)']:.2f}x (equal examples), "
-          f"{(med['temporal_ensemble'] + amort) / med['supervised (B)']:.2f}x (as trained) amortised")
+          f"{(mean_s['temporal_ensemble'] + amort) / mean_s['supervised (2B)']:.2f}x (equal examples), "
+          f"{(mean_s['temporal_ensemble'] + amort) / mean_s['supervised (B)']:.2f}x (as trained) amortised")
     amort_s = te_steps_update / steps_per_epoch
     print(f"temporal_ensemble (z_update='steps', the paper's: z from the training passes) end-of-epoch Z update: "
-          f"{te_steps_update * 1000:.0f} ms -> {(med['temporal_ens_steps'] + amort_s) / med['supervised (2B)']:.2f}x "
-          f"(equal examples), {(med['temporal_ens_steps'] + amort_s) / med['supervised (B)']:.2f}x (as trained) amortised")
+          f"{te_steps_update * 1000:.0f} ms -> {(mean_s['temporal_ens_steps'] + amort_s) / mean_s['supervised (2B)']:.2f}x "
+          f"(equal examples), {(mean_s['temporal_ens_steps'] + amort_s) / mean_s['supervised (B)']:.2f}x (as trained) amortised")
 
     mt = methods["mean_teacher"][0]
     trainable_mb = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
