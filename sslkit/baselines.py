@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .backbone import embed, load_backbone
+from .backbones import embed, load_backbone
+from .devices import resolve_device
 from .data import Budget, DatasetSplits
 from .metrics import classification_metrics
 from .runs import config_hash, reports_dir, write_json
@@ -48,6 +49,7 @@ def frozen_embedding_references(
         raise ValueError(f"{data.name}: frozen-embedding references need a test split")
     t0 = time.time()
     model = load_backbone(backbone, data.train.num_classes, lora=None, max_length=max_length)
+    model.to(resolve_device("auto"))  # ~12k texts to embed: on the GPU when there is one
     train_x = embed(model, data.train.texts, batch_size=batch_size)
     test_x = embed(model, data.test.texts, batch_size=batch_size)
     embed_seconds = time.time() - t0
@@ -77,7 +79,7 @@ def _record(budget: Budget, backbone: str, labels_name: str, n_train: int, metri
             seconds: float, C: float, max_length: int) -> Path:
     import os
 
-    from .trainer import budget_tag
+    from .runs import budget_tag
 
     tag = budget_tag(budget) if labels_name == "budget" else "all"
     config = {"dataset": budget.dataset, "budget": tag, "seed": budget.seed, "backbone": backbone,

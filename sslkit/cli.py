@@ -6,6 +6,7 @@
     sslkit predict reports/runs/<run_id> new.csv                 # new.predictions.csv
     sslkit pseudo-label tickets.csv --label-col intent           # fill blank labels in place
     sslkit sweep sweeps/default.yaml [--dry-run]                 # a grid of notebooks x parameters
+    sslkit sweep sweeps/gpu.yaml --executor slurm --partition gpu  # one SLURM job per grid point
 
 Exit codes: 0 done, 1 a notebook failed (its partial HTML is written), 2 bad input (message on
 stderr, no traceback); an interrupted sweep exits 128 + the signal (130 Ctrl-C, 143 SIGTERM).
@@ -32,7 +33,7 @@ def _default_output(file: Path) -> Path:
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:
-    from .backbone import SAVE_CONFIG
+    from .backbones import SAVE_CONFIG
 
     if not run_dir.exists():
         raise FileNotFoundError(f"{run_dir}: run folder not found")
@@ -88,9 +89,10 @@ def predict_file(
     import pandas as pd
     import torch
 
-    from .backbone import load_saved_backbone
+    from .backbones import load_saved_backbone
+    from .devices import resolve_device
     from .data import EXTENSIONS, DataError, read_table
-    from .trainer import predict_logits
+    from .inference import predict_logits
 
     file = Path(file)
     ckpt = _checkpoint_dir(Path(run_dir))
@@ -131,7 +133,7 @@ def predict_file(
     names = list(model.info.label_names or [str(i) for i in range(model.num_labels)])
     if len(names) != model.num_labels:
         raise ValueError(f"{ckpt}: {len(names)} label names for {model.num_labels} classes")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device or "auto")
     model.to(dev)
     logits = predict_logits(model, texts, batch_size=batch_size)
     probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
@@ -234,7 +236,8 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
             raise ValueError(f"{name}: invalid value {value}")
     # every check of the file that the write-back will make, before a long training run
     import sslkit
-    from .methods import SelfTraining
+    from .methods import FixMatch, SelfTraining
+    from .thresholds import AdaptiveThreshold
 
     data = sslkit.load_dataset(path, text_col=args.text_col, label_col=args.label_col,
                                id_col=args.id_col)
@@ -248,16 +251,16 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
                         "pseudo-labelling needs at least 2")
 
     model = sslkit.load_backbone(args.backbone, budget.num_classes, max_length=args.max_length)
-    # --strong-noise > 0: the per-step pseudo-label term on a token-noised copy (FixMatch-style)
-    method = SelfTraining(tau0=args.tau0, margin=args.margin, top_k=args.top_k, strong_noise=args.strong_noise,
-                          unlabeled_weight=1.0 if args.strong_noise else 0.0)
+    # --strong-noise > 0: FixMatch's per-step term on a token-noised copy, beside the rounds
+    threshold = AdaptiveThreshold(tau0=args.tau0, margin=args.margin)
+    method = FixMatch(threshold=threshold, top_k=args.top_k, strong_noise=args.strong_noise,
+                      mu=args.unlabeled_ratio) if args.strong_noise else SelfTraining(threshold=threshold, top_k=args.top_k)
     old_reports = os.environ.get("SSLKIT_REPORTS")
     if args.reports is not None:  # fit() names its run folder under $SSLKIT_REPORTS
         os.environ["SSLKIT_REPORTS"] = str(args.reports)
     try:
         result = sslkit.fit(model, budget, method, epochs=args.epochs, seed=args.seed, device=args.device,
-                            progress=args.progress, unlabeled_batch_size=args.unlabeled_ratio * args.batch_size,
-                            batch_size=args.batch_size)
+                            progress=args.progress, batch_size=args.batch_size)
     finally:
         if args.reports is not None:
             if old_reports is None:
@@ -290,8 +293,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import load_grid, run_sweep
 
     grid = load_grid(args.grid, args.notebooks_dir)
-    result = run_sweep(grid, args.reports, kernel=args.kernel, gpus=args.gpus, dry_run=args.dry_run,
-                       progress=args.progress)
+    if args.executor == "slurm":
+        from .executors import SlurmSettings, submit_sweep
+
+        settings = SlurmSettings.from_grid(grid.slurm, partition=args.partition,
+                                           gpus_per_job=args.gpus_per_job, time=args.time,
+                                           array_parallelism=args.array_parallelism)
+        result = submit_sweep(grid, args.reports, kernel=args.kernel, settings=settings,
+                              dry_run=args.dry_run, progress=args.progress)
+    else:
+        result = run_sweep(grid, args.reports, kernel=args.kernel, gpus=args.gpus,
+                           dry_run=args.dry_run, progress=args.progress)
     if args.dry_run:
         return 0
     if result.signum is not None:
@@ -363,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU workers (default: every visible GPU; 0: one worker, no GPU assignment)")
     p.add_argument("--progress", action="store_true",
                    help="progress bars inside the notebooks (written to each point's .log)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: worker processes on this machine (default); slurm: one SLURM job "
+                        "per point through submitit, resources from the grid file's slurm: "
+                        "section and the flags below (docs/many_runs.md)")
+    slurm = p.add_argument_group("SLURM resources (--executor slurm; override the grid's slurm:)")
+    slurm.add_argument("--partition", default=None, help="SLURM partition")
+    slurm.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job (default 1)")
+    slurm.add_argument("--time", default=None,
+                       help="time limit per job: minutes or SLURM's H:MM:SS, D-HH:MM (default 2:00:00)")
+    slurm.add_argument("--array-parallelism", type=int, default=None,
+                       help="jobs of the array running at once (default 16)")
 
     p = sub.add_parser("index", help="rebuild reports/index.html")
     p.add_argument("--reports", default=None)
@@ -374,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None,
                    help="output file (default <stem>.predictions<suffix> beside FILE)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) / cpu / cuda")
 
     p = sub.add_parser(
         "pseudo-label",

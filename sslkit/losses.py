@@ -8,7 +8,7 @@ classification_loss: cross-entropy with label smoothing, optionally focal (Lin e
 where q is the (smoothed) target distribution, q = (1 - eps) onehot(y) + eps / C. With gamma = 0 and
 no alpha this is torch's cross-entropy with ``label_smoothing=eps``. The mean is over examples.
 
-Supervised contrastive losses on a batch of features (issue 5; formulas in their docstrings):
+Supervised contrastive losses on a batch of features (formulas in their docstrings):
 :func:`supcon_loss` (Khosla et al. 2020), :func:`focal_contrastive_loss` (SupCon's pair
 probabilities with a focal weight) and :func:`margin_contrastive_loss` (batch-all triplets).
 """
@@ -184,10 +184,3 @@ def margin_contrastive_loss(
         return _zero(features)
     hinge = F.relu(margin + sim.unsqueeze(1) - sim.unsqueeze(2))  # [i, j, k] = margin + s_ik - s_ij
     return torch.where(valid, hinge, torch.zeros_like(hinge)).sum() / count
-
-
-
-# --------------------------------------------------------------------------- consistency (re-exported)
-from .consistency import (  # noqa: E402,F401  - the consistency math lives in its own module
-    consistency_loss, consistency_weight, ema_decay, ema_update_, rampup, temporal_target,
-)

@@ -459,7 +459,7 @@ def plot_tsne(
     return fig
 
 
-# --------------------------------------------------------------------------- consistency methods (issue 4)
+# --------------------------------------------------------------------------- consistency methods
 def plot_curves(curves: Mapping[str, "pd.DataFrame | tuple[pd.DataFrame, str]"], metric: str = "dev_accuracy",
                 title: str | None = None):
     """One line per run: ``metric`` per epoch from its history (a DataFrame), or a (history, column)
@@ -483,8 +483,8 @@ def plot_curves(curves: Mapping[str, "pd.DataFrame | tuple[pd.DataFrame, str]"],
 def plot_rampups(epochs: int = 6, rampup_epochs: float = 2.0, max_weight: float = 1.0, steps_per_epoch: int = 50,
                  shapes: Sequence[str] = ("linear", "sigmoid", "cosine")):
     """The consistency weight w(t) over training for each ramp-up shape
-    (:func:`sslkit.consistency.consistency_weight`: 0 in the first epoch, then the ramp)."""
-    from .consistency import consistency_weight
+    (:func:`sslkit.consistency_math.consistency_weight`: 0 in the first epoch, then the ramp)."""
+    from .consistency_math import consistency_weight
 
     steps = np.arange(epochs * steps_per_epoch)
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -1,5 +1,11 @@
 """Run records on disk: reports/runs/<run_id>/{config.json, metrics.jsonl, summary.json, ...}.
 
+A run's identity is the hash of :func:`run_config`: the data budget, the backbone, the method's
+knobs, the optimisation settings, the device kind and precision, and :data:`RECORD_VERSION`. Two
+runs of the same identity compute the same result, so a finished record is reused instead of
+retrained. :data:`RECORD_VERSION` is bumped whenever a change to the code alters results: older
+records then stop matching and are retrained; no setting is ever left out of the hash to keep them.
+
 Every file is written atomically (temporary file in the same folder, then ``os.replace``), so an
 interrupted run never leaves half a JSON file. :func:`load_runs` turns all summaries into one
 DataFrame; the index page and the ablation notebook are built from it, never from typed numbers.
@@ -14,6 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+#: Bumped by every change that alters what a run computes (see the module docstring).
+RECORD_VERSION = 2
+#: The epoch checkpoint a run resumes from (deleted when the run finishes).
+LAST_STATE = "last_epoch.pt"
 
 
 def reports_dir(path: str | os.PathLike | None = None) -> Path:
@@ -78,6 +89,83 @@ def dataclass_values(obj: Any) -> dict:
         if isinstance(value, int) and not isinstance(value, bool) and kind.split("|")[0].strip() == "float":
             value = float(value)
         out[f.name] = value
+    return out
+
+
+def budget_tag(budget) -> str:
+    """The budget as it appears in a run id: a labeled fraction, labels per class, or "natural"."""
+    if budget.labeled_fraction is not None:
+        return f"{budget.labeled_fraction:g}"
+    if budget.per_class is not None:
+        return f"{budget.per_class}pc"
+    return "natural"
+
+
+def run_config(model, budget, method, config, *, device: str = "cpu", precision: str = "no") -> dict:
+    """Everything that decides a run's result (its identity: the run id hashes it). ``config`` is a
+    :class:`sslkit.trainer.TrainConfig`, whose precision is recorded as resolved (``precision``)."""
+    from dataclasses import asdict
+
+    train = dataclass_values(config)
+    train["mixed_precision"] = precision
+    return {
+        "record_version": RECORD_VERSION,
+        "dataset": budget.dataset,
+        "budget": budget.describe(),
+        "backbone": {k: v for k, v in asdict(model.info).items() if k not in ("label_names", "path")},
+        "method": method.config(),
+        "train": train,
+        "device": device,
+    }
+
+
+def run_identity(rconf: dict) -> str:
+    """The hash of a :func:`run_config`."""
+    return config_hash(rconf)
+
+
+def finished_record(run_dir: str | os.PathLike, identity: str) -> dict | None:
+    """A finished run of this identity in ``run_dir`` (summary + checkpoint on disk), loaded as the
+    ``summary``, ``history`` and ``model`` of a RunResult; None if there is none."""
+    from .backbones import load_saved_backbone
+
+    run_dir = Path(run_dir)
+    try:
+        config = read_json(run_dir / "config.json")
+        summary = read_json(run_dir / "summary.json")
+    except (OSError, ValueError):
+        return None
+    if config.get("identity") != identity or not (run_dir / "checkpoint").is_dir():
+        return None
+    return {"summary": summary, "history": read_metrics(run_dir), "model": load_saved_backbone(run_dir / "checkpoint")}
+
+
+def versions() -> dict:
+    """The versions of Python and of the packages that compute a run, for its config.json."""
+    import platform
+
+    from importlib.metadata import version
+
+    import accelerate
+    import numpy as np
+    import peft
+    import torch
+    import transformers
+
+    return {"sslkit": version("sslkit"), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__, "numpy": np.__version__}
+
+
+def peak_memory_mb(device) -> dict:
+    """The process's peak resident memory, and the GPU's peak allocation on a CUDA device, in MB."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
 
@@ -154,12 +242,10 @@ def iter_run_dirs(root: str | os.PathLike | None = None) -> Iterable[Path]:
 
 
 #: config.json keys that identify a run or do not change its result; left out of ``knobs``.
-_IDENTITY = {"run_id", "notebook", "config_hash", "versions", "argv", "dataset", "budget", "seed",
-             "backbone", "method"}
-_HOUSEKEEPING = {"train.seed", "train.device", "train.log_every", "train.eval_batch_size",
-                 "train.save_checkpoint", "train.run_name", "train.progress", "train.resume",
-                 "train.reuse", "train.track_test", "train.run_dir", "backbone.name",
-                 "backbone.num_labels", "backbone.model_type", "backbone.kind", "method.name"}
+_IDENTITY = {"run_id", "label", "notebook", "identity", "versions", "dataset", "budget", "seed", "backbone",
+             "method", "record_version", "device"}
+_HOUSEKEEPING = {"train.seed", "backbone.name", "backbone.num_labels", "backbone.model_type", "backbone.kind",
+                 "method.name"}
 
 
 def run_knobs(config: dict) -> dict:
@@ -188,7 +274,7 @@ def load_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
     """One row per finished run (every summary.json under ``root``: a reports folder, default
     $SSLKIT_REPORTS or ./reports, or its runs/ folder), with flattened columns such as
     ``test.accuracy``, ``test.macro_f1``, ``dev.macro_f1``, ``minutes``, the run's ``run_dir``,
-    and from its config.json ``config_hash`` and ``knobs`` (:func:`run_knobs` as a JSON string
+    and from its config.json ``identity`` and ``knobs`` (:func:`run_knobs` as a JSON string
     with sorted keys, so runs of the same settings compare equal; None without a config.json)."""
     rows = []
     for run_dir in iter_run_dirs(root):
@@ -205,16 +291,16 @@ def load_runs(root: str | os.PathLike | None = None) -> pd.DataFrame:
         except (OSError, json.JSONDecodeError):
             config = None
         if isinstance(config, dict):
-            flat["config_hash"] = config.get("config_hash")
+            flat["identity"] = config.get("identity")
             flat["knobs"] = json.dumps(run_knobs(config), sort_keys=True, default=_default,
                                        ensure_ascii=False)
         else:
-            flat["config_hash"] = flat["knobs"] = None
+            flat["identity"] = flat["knobs"] = None
         rows.append(flat)
     columns = ["run_id", "notebook", "dataset", "budget", "method", "backbone", "seed",
                "test.accuracy", "test.macro_f1", "minutes"]
     if not rows:
-        return pd.DataFrame(columns=columns + ["run_dir", "config_hash", "knobs"])
+        return pd.DataFrame(columns=columns + ["run_dir", "identity", "knobs"])
     df = pd.DataFrame(rows)
     first = [c for c in columns if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]]

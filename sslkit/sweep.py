@@ -11,6 +11,9 @@ A grid file (YAML)::
           labeled: [0.05, 0.1, 0.2]   # a list: one point per value (cartesian product)
           seed: [0, 1, 2]
           variants: [[adaptive]]      # a list as ONE value: wrap it in another list
+    slurm:                        # optional; used only by `--executor slurm` (sslkit.executors)
+      partition: gpu
+      gpus_per_job: 1
 
 Every grid point runs ``book.run_notebook`` in a worker process, which writes its executed copy,
 HTML, log and status into ``reports/sweeps/<grid>/<notebook>-<hash>.{ipynb,html,log,json}``
@@ -28,6 +31,8 @@ and reports/index.html are rebuilt. Serially on a CPU; with N GPUs, N workers at
   ``done``), the index is rebuilt, and the command exits 128 + the signal number. Rerunning the same
   command continues with the points that are not done. Every status file is written atomically,
   as are the trainer's summary.json files, so none is ever left half-written.
+* **On a cluster**: ``--executor slurm`` submits the same points as SLURM jobs instead
+  (:mod:`sslkit.executors`); they share these status files and so the skip rule.
 """
 from __future__ import annotations
 
@@ -45,15 +50,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, TextIO
 
+from .report_index import read_status, sweep_status  # noqa: F401 - sweep_status: re-exported, the sweep API
 from .runs import config_hash, read_json, reports_dir, to_json, write_json
 
 __all__ = ["Grid", "Point", "SweepInterrupted", "SweepResult", "expand_grid", "gpu_slots",
            "load_grid", "point_hash", "run_sweep", "sweep_status"]
 
-#: The statuses a point's file can hold; only "done" is skipped by the next run.
-STATUSES = ("running", "done", "failed", "interrupted")
+#: The statuses a point's file can hold; only "done" is skipped by the next run ("queued": submitted
+#: to SLURM by sslkit.executors, not started yet).
+STATUSES = ("queued", "running", "done", "failed", "interrupted")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_POINT_FILE = re.compile(r"^(?P<stem>.+)-(?P<hash>[0-9a-f]{8})\.json$")
 #: Seconds a worker gets to stop after SIGTERM before it is killed.
 GRACE_SECONDS = 5.0
 
@@ -117,6 +123,8 @@ class Grid:
     name: str
     points: list[Point]
     path: Path | None = None
+    #: the grid file's ``slurm:`` section (job resources), read by sslkit.executors only
+    slurm: dict = field(default_factory=dict)
 
 
 def _choices(name: str, value: Any, where: str) -> list:
@@ -188,17 +196,21 @@ def load_grid(path: str | os.PathLike, notebooks_dir: str | os.PathLike | None =
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     shared: dict = {}
+    slurm: dict = {}
     name = path.stem
     folder = notebooks_dir if notebooks_dir is not None else "notebooks"
     if isinstance(data, dict):
-        unknown = set(data) - {"name", "parameters", "grid", "notebooks_dir"}
+        unknown = set(data) - {"name", "parameters", "grid", "notebooks_dir", "slurm"}
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
-                             "(a grid file has name, parameters, notebooks_dir and grid)")
+                             "(a grid file has name, parameters, notebooks_dir, grid and slurm)")
         name = str(data.get("name") or name)
         shared = data.get("parameters") or {}
         if not isinstance(shared, dict):
             raise ValueError(f"{path}: 'parameters' must be a mapping")
+        slurm = data.get("slurm") or {}
+        if not isinstance(slurm, dict):
+            raise ValueError(f"{path}: 'slurm' must be a mapping (partition, gpus_per_job, time, ...)")
         if data.get("notebooks_dir") and notebooks_dir is None:
             folder = path.parent / str(data["notebooks_dir"])
         entries = data.get("grid")
@@ -210,7 +222,7 @@ def load_grid(path: str | os.PathLike, notebooks_dir: str | os.PathLike | None =
     if not _NAME.match(name):
         raise ValueError(f"{path}: grid name '{name}' may only use letters, digits, '_', '-', '.'")
     points = expand_grid(entries, folder, shared=shared, base_dir=path.parent, where=str(path))
-    return Grid(name=name, points=points, path=path)
+    return Grid(name=name, points=points, path=path, slurm=slurm)
 
 
 # --------------------------------------------------------------------------- status files
@@ -221,49 +233,18 @@ def sweep_dir(grid: Grid | str, reports: str | os.PathLike | None = None) -> Pat
     return reports_dir(reports) / "sweeps" / name
 
 
-def _read_status(path: Path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _same_params(a: Any, b: Any) -> bool:
     return to_json(a) == to_json(b)
 
 
 def point_state(point: Point, folder: Path) -> tuple[str, dict | None]:
     """("done" | "failed" | "interrupted" | "running" | "new", status dict) of a point."""
-    status = _read_status(folder / f"{point.name}.json")
+    status = read_status(folder / f"{point.name}.json")
     if status is None or status.get("hash") != point.key \
             or not _same_params(status.get("parameters"), point.parameters):
         return "new", None
     state = status.get("status")
     return (state if state in STATUSES else "new"), status
-
-
-def sweep_status(reports: str | os.PathLike | None = None) -> dict[str, list[dict]]:
-    """Every sweep under ``reports/sweeps``: {grid name: [point status dicts, in grid order]}."""
-    root = reports_dir(reports) / "sweeps"
-    out: dict[str, list[dict]] = {}
-    if not root.is_dir():
-        return out
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        manifest = _read_status(folder / "sweep.json") or {}
-        order = {name: i for i, name in enumerate(manifest.get("points") or [])}
-        rows = []
-        for file in folder.glob("*.json"):
-            if _POINT_FILE.match(file.name):
-                status = _read_status(file)
-                if status is not None:
-                    rows.append(status)
-        if manifest.get("points"):  # points not started yet
-            have = {r.get("point") for r in rows}
-            rows += [{"point": n, "status": "pending"} for n in manifest["points"] if n not in have]
-        rows.sort(key=lambda r: (order.get(r.get("point"), len(order)), str(r.get("point"))))
-        out[folder.name] = rows
-    return out
 
 
 # --------------------------------------------------------------------------- devices and workers
@@ -337,7 +318,7 @@ class _Worker:
 def _launch(point: Point, slot: str | None, folder: Path, reports: Path, kernel: str,
             progress: bool, grid: str) -> _Worker:
     status_path = folder / f"{point.name}.json"
-    previous = _read_status(status_path) or {}
+    previous = read_status(status_path) or {}
     write_json(status_path, {
         "grid": grid, "point": point.name, "hash": point.key, "notebook": point.stem,
         "source": str(point.notebook), "parameters": point.parameters, "status": "running",
@@ -371,7 +352,7 @@ def _finish(worker: _Worker, folder: Path, rc: int) -> dict:
     """The status of a worker that exited by itself (it wrote done/failed; a crash is recorded)."""
     worker.log.close()
     path = folder / f"{worker.point.name}.json"
-    status = _read_status(path) or {}
+    status = read_status(path) or {}
     if (rc == 0 and status.get("status") == "done") or (rc == 1 and status.get("status") == "failed"):
         return status
     tail = _log_tail(folder / f"{worker.point.name}.log")
@@ -399,7 +380,7 @@ def _stop(worker: _Worker, folder: Path) -> dict:
     _terminate(_descendants(worker.proc.pid) + kids, timeout=1.0)
     worker.log.close()
     path = folder / f"{worker.point.name}.json"
-    status = _read_status(path) or {}
+    status = read_status(path) or {}
     if worker.proc.returncode == 0 and status.get("status") == "done":
         return status
     status.update(status="interrupted", finished=_now(),
@@ -415,7 +396,7 @@ def _stop(worker: _Worker, folder: Path) -> dict:
 def _refresh(reports: Path) -> None:
     """After each point: reports/ablation.csv/.md from every run record, then index.html."""
     from .ablation import write_ablation
-    from .book import build_index
+    from .report_index import build_index
     from .runs import load_runs
 
     try:
@@ -473,6 +454,57 @@ def _restore_handlers(old: dict) -> None:
         signal.signal(sig, h)
 
 
+def _where(slots: list) -> str:
+    return "CPU, 1 worker" if slots == [None] else \
+        f"{len(slots)} GPU worker(s): CUDA_VISIBLE_DEVICES={','.join(slots)}"
+
+
+def _print_plan(grid: Grid, states: list, folder: Path, n_todo: int, slots: list, out: TextIO) -> None:
+    """The dry run: every point, whether it would run or is skipped, and which worker takes it."""
+    print(f"sweep {grid.name}: {len(grid.points)} point(s), {n_todo} to run, "
+          f"{len(grid.points) - n_todo} done (skipped) -> {folder}; {_where(slots)}", file=out)
+    k = 0
+    for point, state, status in states:
+        verb = "skip" if state == "done" else "run "
+        status = status or {}
+        note = {"done": f"done {status.get('finished') or ''}".strip(),
+                "failed": f"failed before: {status.get('error')}",
+                "interrupted": "interrupted before",
+                "queued": "queued on SLURM before (still there? see `squeue`)",
+                "running": "marked running (a sweep still going, or one that was killed)",
+                "new": "new"}[state]
+        gpu = ""
+        if state != "done" and slots != [None]:  # the first free worker takes the next point
+            gpu = f" gpu={slots[k % len(slots)]}"
+            k += 1
+        print(f"  {verb}  {point.label()}  [{point.name}; {note}]{gpu}", file=out)
+
+
+def _report(worker: _Worker, status: dict, result: SweepResult, bar, out: TextIO) -> None:
+    """One finished point: into the result, one line out, the bar advanced."""
+    bar.update(1)
+    secs = status.get("seconds")
+    took = f" in {secs:.0f} s" if isinstance(secs, (int, float)) else ""
+    if status.get("status") == "done":
+        result.done.append(worker.point.name)
+        bar.write(f"done    {worker.point.label()}{took}", file=out)
+    else:
+        result.failed[worker.point.name] = str(status.get("error"))
+        bar.write(f"FAILED  {worker.point.label()}{took}: {status.get('error')}", file=out)
+    bar.set_postfix(failed=len(result.failed))
+
+
+def _stop_all(running: dict, folder: Path, result: SweepResult) -> None:
+    """Stop every running worker; a point that finished meanwhile still counts as done."""
+    for worker in running.values():
+        status = _stop(worker, folder)
+        if status.get("status") == "done":
+            result.done.append(worker.point.name)
+        else:
+            result.interrupted.append(worker.point.name)
+    running.clear()
+
+
 def run_sweep(
     grid: Grid | str | os.PathLike,
     reports: str | os.PathLike | None = None,
@@ -486,11 +518,10 @@ def run_sweep(
 ) -> SweepResult:
     """Run every point of ``grid`` (a :class:`Grid` or a grid file) that is not done yet.
 
-    ``gpus``: workers = GPUs (default ``torch.cuda.device_count()``; 0 or no GPU: one worker on
-    the CPU). ``dry_run``: only print what would run and what is skipped. ``progress``: progress
-    bars inside the notebooks (they go to each point's .log). Lines about each point go to
-    ``out`` (stdout), the bar over points to stderr. Returns a :class:`SweepResult`; an
-    interrupted sweep returns with ``signum`` set (see the module doc).
+    ``gpus``: workers = GPUs (default ``torch.cuda.device_count()``; 0 or no GPU: one worker on the
+    CPU). ``dry_run``: only print what would run, is skipped, and on which GPU. ``progress``: bars
+    inside the notebooks (into each point's .log). Lines per point go to ``out`` (stdout), the bar
+    over points to stderr. An interrupted sweep returns with ``signum`` set (see the module doc).
     """
     from tqdm import tqdm
 
@@ -507,25 +538,14 @@ def run_sweep(
     result.skipped = [p.name for p, state, _ in states if state == "done"]
 
     if dry_run:
-        print(f"sweep {grid.name}: {len(grid.points)} point(s), {len(todo)} to run, "
-              f"{len(result.skipped)} done (skipped) -> {folder}", file=out)
-        for point, state, status in states:
-            verb = "skip" if state == "done" else "run "
-            status = status or {}
-            note = {"done": f"done {status.get('finished') or ''}".strip(),
-                    "failed": f"failed before: {status.get('error')}",
-                    "interrupted": "interrupted before",
-                    "running": "marked running (a sweep still going, or one that was killed)",
-                    "new": "new"}[state]
-            print(f"  {verb}  {point.label()}  [{point.name}; {note}]", file=out)
+        _print_plan(grid, states, folder, len(todo), gpu_slots(gpus), out)
         return result
 
     _check_kernel(kernel)
     slots = gpu_slots(gpus)
     folder.mkdir(parents=True, exist_ok=True)
     _write_manifest(grid, folder, "running")
-    where = "CPU, 1 worker" if slots == [None] else f"{len(slots)} GPU worker(s): {','.join(slots)}"
-    print(f"sweep {grid.name}: {len(todo)} to run, {len(result.skipped)} done (skipped); {where}; "
+    print(f"sweep {grid.name}: {len(todo)} to run, {len(result.skipped)} done (skipped); {_where(slots)}; "
           f"logs in {folder}", file=out, flush=True)
 
     queue = list(todo)
@@ -545,29 +565,13 @@ def run_sweep(
                 if rc is None:
                     continue
                 worker = running.pop(i)
-                status = _finish(worker, folder, rc)
-                bar.update(1)
-                secs = status.get("seconds")
-                took = f" in {secs:.0f} s" if isinstance(secs, (int, float)) else ""
-                if status.get("status") == "done":
-                    result.done.append(worker.point.name)
-                    bar.write(f"done    {worker.point.label()}{took}", file=out)
-                else:
-                    result.failed[worker.point.name] = str(status.get("error"))
-                    bar.write(f"FAILED  {worker.point.label()}{took}: {status.get('error')}", file=out)
-                bar.set_postfix(failed=len(result.failed))
+                _report(worker, _finish(worker, folder, rc), result, bar, out)
                 _refresh(reports_path)
     except KeyboardInterrupt as err:  # SIGINT, or SIGTERM turned into SweepInterrupted
         result.signum = getattr(err, "signum", int(signal.SIGINT))
         for sig in old:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(sig, signal.SIG_IGN)
-        for worker in running.values():
-            status = _stop(worker, folder)
-            if status.get("status") == "done":
-                result.done.append(worker.point.name)
-            else:
-                result.interrupted.append(worker.point.name)
-        running.clear()
+        _stop_all(running, folder, result)
         bar.write(f"interrupted ({signal.Signals(result.signum).name}): "
                   f"{len(result.interrupted)} point(s) stopped, {len(queue)} not started; "
                   "rerun the same command to continue", file=out)

@@ -1,7 +1,7 @@
-"""Adaptive thresholds and pseudo-label selection: pure tensor code, testable on random tensors.
+"""Confidence thresholds and pseudo-label selection: pure tensor code, testable on random tensors.
 
-The rule (self-adaptive thresholds in the spirit of FreeMatch, Wang et al. 2023), per training step
-on the unlabeled part of a batch with ``probs = softmax(logits)`` of shape [B, C]:
+The adaptive rule (self-adaptive thresholds in the spirit of FreeMatch, Wang et al. 2023), per
+training step on the unlabeled part of a batch with ``probs = softmax(logits)`` of shape [B, C]:
 
     tau    <- lam * tau + (1 - lam) * mean_i max_c probs[i, c]          (global confidence)
     p~     <- lam * p~  + (1 - lam) * mean_i probs[i, :]                  (class-wise expectation)
@@ -9,6 +9,12 @@ on the unlabeled part of a batch with ``probs = softmax(logits)`` of shape [B, C
 
 Start: tau = tau0, p~ = 1/C, tau_c = tau. A pseudo-label for example i: m = probs[i] - tau_c,
 j = argmax m, label j if m[j] > margin else none (-1).
+
+Three rules share that interface, so a method takes any of them as its ``threshold``:
+:class:`AdaptiveThreshold` (tau0 = 0.8, lam = 0.9, margin 0.05), :class:`FixedThreshold` (the classic
+tau_c = tau for every class, never updated) and :class:`FreeMatchThreshold` (FreeMatch's start:
+tau0 = 1/C, lam = 0.999). A rule is built with its settings and sized with :meth:`setup` once the
+number of classes is known.
 
 After each round, :func:`class_balanced_top_k` keeps, within each pseudo-class, the top fraction
 by confidence (at least one per class that has candidates).
@@ -25,23 +31,48 @@ EPS = 1e-8
 class AdaptiveThreshold:
     """EMA state of the rule above. Attributes: ``tau`` (0-dim), ``p_tilde`` [C], ``tau_c`` [C].
 
-    ``reduce`` (optional) averages the batch statistics across processes before each update, so
-    every process holds the same thresholds (pass e.g. ``lambda t: accelerator.reduce(t, "mean")``).
+    ``num_classes`` may be left out and given later to :meth:`setup` (a method builds its rule
+    before it knows the data). ``reduce`` (optional) averages the batch statistics across processes
+    before each update, so every process holds the same thresholds (pass e.g.
+    ``lambda t: accelerator.reduce(t, "mean")``). ``margin`` is the default of :meth:`pseudo_labels`.
     """
 
-    def __init__(self, num_classes: int, tau0: float = 0.8, ema: float = 0.9,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        if num_classes < 1:
-            raise ValueError("num_classes must be >= 1")
+    rule = "adaptive"
+    #: the thresholds follow the model's confidence, so each step's unlabeled batch updates them
+    adapts = True
+
+    def __init__(self, num_classes: int | None = None, tau0: float = 0.8, ema: float = 0.9,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, margin: float = 0.05):
         if not 0.0 <= ema <= 1.0:
             raise ValueError("ema must be in [0, 1]")
+        self.tau0, self.ema, self.margin = tau0, float(ema), float(margin)
+        self.num_classes = None
+        if num_classes is not None:
+            self.setup(num_classes, reduce)
+
+    def setup(self, num_classes: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> "AdaptiveThreshold":
+        """(Re)start the state for ``num_classes`` classes."""
+        if num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
         self.num_classes = num_classes
-        self.ema = float(ema)
         self.reduce = reduce
         # float32 state, as the probabilities (note: in float32 the upper clamp 1 - 1e-8 equals 1.0)
-        self.tau = torch.tensor(float(tau0)).clamp(EPS, 1 - EPS)
+        self.tau = torch.tensor(float(self._start_tau(num_classes))).clamp(EPS, 1 - EPS)
         self.p_tilde = torch.full((num_classes,), 1.0 / num_classes)
         self.tau_c = self._class_thresholds()
+        return self
+
+    def _start_tau(self, num_classes: int) -> float:
+        return self.tau0
+
+    def config(self) -> dict:
+        """The rule's settings, as recorded in a run's config.json."""
+        return {"rule": self.rule, "tau0": float(self.tau0), "ema": self.ema, "margin": self.margin}
+
+    def __repr__(self) -> str:
+        knobs = ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "rule")
+        return f"{type(self).__name__}({knobs})"
 
     def _class_thresholds(self) -> torch.Tensor:
         return (self.tau * self.p_tilde / (self.p_tilde.max() + EPS)).clamp(EPS, 1 - EPS)
@@ -69,9 +100,11 @@ class AdaptiveThreshold:
         self.tau_c = self._class_thresholds()
 
     @torch.no_grad()
-    def pseudo_labels(self, probs: torch.Tensor, margin: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labels [B] with -1 where none, margins [B] = m[j]) for probabilities [B, C]."""
-        return pseudo_labels_by_margin(probs, self.tau_c, margin)
+    def pseudo_labels(self, probs: torch.Tensor, margin: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels [B] with -1 where none, margins [B] = m[j]) for probabilities [B, C]; ``margin``
+        defaults to the rule's own."""
+        return pseudo_labels_by_margin(probs, self.tau_c, self.margin if margin is None else margin)
 
     def state_dict(self) -> dict:
         return {"tau": self.tau.cpu(), "p_tilde": self.p_tilde.cpu(), "tau_c": self.tau_c.cpu()}
@@ -81,11 +114,47 @@ class AdaptiveThreshold:
 
 
 class FixedThreshold(AdaptiveThreshold):
-    """The classic rule: tau_c = tau0 for every class, never updated (e.g. 0.95)."""
+    """The classic rule: tau_c = tau for every class, never updated (FixMatch: 0.95). Its margin
+    defaults to 0: with the adaptive rule's 0.05 a threshold of 0.95 could never be passed."""
+
+    rule = "fixed"
+    adapts = False
+
+    def __init__(self, num_classes: int | None = None, tau0: float = 0.95, margin: float = 0.0):
+        super().__init__(num_classes, tau0=tau0, ema=1.0, margin=margin)
+
+    def config(self) -> dict:
+        return {"rule": self.rule, "tau": float(self.tau0), "margin": self.margin}
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:  # noqa: D102 - fixed: nothing to learn
         return None
+
+
+class FreeMatchThreshold(AdaptiveThreshold):
+    """FreeMatch's start (Wang et al. 2023): tau0 = 1/C (every class passes at first), lam = 0.999."""
+
+    rule = "freematch"
+
+    def __init__(self, num_classes: int | None = None, ema: float = 0.999, margin: float = 0.05):
+        super().__init__(num_classes, tau0=0.0, ema=ema, margin=margin)
+
+    def _start_tau(self, num_classes: int) -> float:
+        return 1.0 / num_classes
+
+    def config(self) -> dict:
+        return {"rule": self.rule, "ema": self.ema, "margin": self.margin}
+
+
+THRESHOLDS = {"adaptive": AdaptiveThreshold, "fixed": FixedThreshold, "freematch": FreeMatchThreshold}
+
+
+def threshold_from_config(config: dict) -> AdaptiveThreshold:
+    """The rule a run's config.json recorded (:meth:`AdaptiveThreshold.config`), unsized."""
+    knobs = {k: v for k, v in config.items() if k != "rule"}
+    if "tau" in knobs:
+        knobs["tau0"] = knobs.pop("tau")
+    return THRESHOLDS[config["rule"]](**knobs)
 
 
 def pseudo_labels_by_margin(probs: torch.Tensor, tau_c: torch.Tensor, margin: float = 0.05):

@@ -1,48 +1,51 @@
-"""fit(): the one training loop, for every method.
+"""fit(): the one training loop, for every method, in named phases.
 
-The trainer owns devices (accelerate: CPU, one GPU with bf16, several processes through
-``accelerate launch``), AdamW with per-group learning rates, warm-up + cosine schedule
-(transformers' ``get_scheduler``), gradient clipping, dev evaluation every epoch, the best checkpoint
-by dev macro-F1, test metrics of that checkpoint, early stopping, seeded reproducibility, resume from
-the last epoch checkpoint, and the run record of DESIGN.md. A method only computes the loss of a
-step and reacts to step/epoch ends (:class:`sslkit.methods.base.Method`).
+    open the run       id from what changes results, reuse a finished record, resume an epoch checkpoint
+    build the training data (labeled set, pool, pseudo-labels), prototype head, optimiser, schedule
+    train an epoch     the method's loss per step, the optimiser step, the method's hooks
+    evaluate           dev (and test if tracked) for the model and any extra weights the method offers;
+                       the best on dev macro-F1, over epochs, is the checkpoint that gets tested
+    save               the epoch checkpoint (resume state) every ``resume_every`` seconds of training
+    finish             test metrics of the best checkpoint, predictions, saved adapter + head, summary
+
+The trainer owns devices and precision (accelerate: CPU, one GPU, several processes through
+``accelerate launch``), AdamW with per-group learning rates, warm-up + cosine schedule (transformers'
+``get_scheduler``), gradient clipping, early stopping and seeded reproducibility. A method only
+computes the loss of a step and reacts to step and epoch ends (:class:`sslkit.methods.base.Method`).
 """
 from __future__ import annotations
 
 import math
 import os
-import platform
-import resource
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .backbone import Backbone, embed
-from .data import Budget, TextDataset
-from .losses import classification_loss
+from .backbones import Backbone, embed
+from .batches import Pool, TrainingSet, collate_fn, epoch_loader, stream
+from .context import Context, PseudoLabels
+from .data import Budget
+from .devices import resolve_device, resolve_precision
+from .inference import evaluate
 from .methods.base import Method
-from .methods.supervised import Supervised
-from .metrics import classification_metrics
-from .runs import MetricsLog, config_hash, dataclass_values, reports_dir, write_json
-from .sampling import length_grouped_batches
-
-LAST_STATE = "last_epoch.pt"
+from .presets import resolve_method
+from .runs import (LAST_STATE, MetricsLog, budget_tag, finished_record, peak_memory_mb, reports_dir, run_config,
+                   run_identity, versions, write_json)
+from .tracking import Tracker
 
 
 @dataclass
 class TrainConfig:
-    """Everything about optimisation and bookkeeping (method knobs live in the method)."""
+    """Optimisation settings: everything here can change a result, so all of it enters the run id."""
 
     epochs: int = 6
     batch_size: int = 32
-    unlabeled_batch_size: int | None = None  # default: same as batch_size
     group_by_length: int = 16        # batches of similar lengths from shuffled groups of this many batches (0: plain shuffle)
     lr: float = 2e-3                 # LoRA adapters
     head_lr: float | None = None     # default: lr
@@ -50,16 +53,21 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"
     max_grad_norm: float = 1.0
-    fused_optimizer: bool = False    # torch's fused AdamW (one kernel per step; same update up to the last bit)
+    fused_optimizer: bool = False    # torch's fused AdamW: one kernel for the whole update (large tables)
     label_smoothing: float = 0.0
     focal_gamma: float = 0.0
-    focal_alpha: list[float] | None = None
-    init_head: str = "prototypes"    # "prototypes" | "random"
     early_stopping: int | None = None  # patience in epochs without a better dev macro-F1
-    eval_batch_size: int = 128
-    mixed_precision: str = "no"      # "no" | "bf16" | "fp16"
-    device: str = "auto"             # "auto" | "cpu" | "cuda"
+    mixed_precision: str = "auto"    # "auto" (bf16 on a GPU that has it, else fp32) | "no" | "bf16" | "fp16"
     seed: int = 0
+    steps_per_epoch: int | None = None  # default: one pass over the initial labeled set
+
+
+@dataclass
+class RunOptions:
+    """Bookkeeping: where and how a run is recorded and shown. None of it changes a result."""
+
+    device: str = "auto"             # "auto" | "cpu" | "cuda"
+    eval_batch_size: int = 128
     log_every: int = 10
     progress: bool | None = None     # None: on, unless $SSLKIT_PROGRESS=0 (the book runner sets it)
     save_checkpoint: bool = True
@@ -67,89 +75,21 @@ class TrainConfig:
     resume_every: float = 30.0       # seconds of training between epoch checkpoints (0: after every epoch)
     run_dir: str | None = None       # default: reports/runs/<run_id>
     run_name: str | None = None      # prefix of the run id (default: dataset-budget-method-seed)
-    steps_per_epoch: int | None = None  # default: one pass over the initial labeled set
     track_test: bool = False         # also score test after every epoch (learning curves per round)
-    reuse: bool = False              # a finished run of the same config is loaded, not retrained
-
-    @classmethod
-    def from_kwargs(cls, config: "TrainConfig | None" = None, **overrides) -> "TrainConfig":
-        base = asdict(config) if config is not None else {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown training options {unknown}; known: {sorted(known)}")
-        return cls(**{**base, **overrides})
+    reuse: bool = False              # a finished run of the same identity is loaded, not retrained
+    tracker: str | None = None       # "mlflow" | "tensorboard" | both, comma-separated; None: $SSLKIT_TRACKER
 
 
-@dataclass
-class Context:
-    """What a method sees: the model, the accelerator, the data budget, the position in training."""
-
-    model: Any
-    accelerator: Any
-    budget: Budget
-    config: TrainConfig
-    num_classes: int
-    epoch: int = 0
-    step: int = 0
-    steps_per_epoch: int = 0
-    total_steps: int = 0
-    run_dir: Path | None = None
-    logged: dict = field(default_factory=dict)
-    train_set: Any = None            # _TrainingSet: the labeled examples, growing with pseudo-labels
-    pool: Any = None                 # _Pool: the unlabeled examples not yet moved
-    traces: Any = None               # MetricsLog of per-step traces (traces.jsonl)
-
-    def trace(self, record: dict) -> None:
-        """Write a per-step trace line (e.g. thresholds) to traces.jsonl."""
-        if self.traces is not None and self.accelerator.is_main_process:
-            self.traces.write({"epoch": self.epoch, "step": self.step, **record})
-
-    @property
-    def pool_size(self) -> int:
-        return 0 if self.pool is None else len(self.pool)
-
-    def score_pool(self, batch_size: int | None = None) -> torch.Tensor:
-        """Softmax probabilities [U, C] of the current model on the whole remaining pool, batched."""
-        if not self.pool_size:
-            return torch.zeros(0, self.num_classes)
-        logits = predict_logits(self.unwrapped_model, self.pool.texts,
-                                batch_size or self.config.eval_batch_size, self.accelerator)
-        return torch.softmax(torch.as_tensor(logits), dim=-1)
-
-    def add_pseudo_labels(self, rows, labels, confidence, weights=None, candidates=None) -> dict:
-        """Move pool ``rows`` (positions in the current pool) into the labeled set with pseudo-labels.
-
-        The trainer, not the method, scores them against the hidden gold labels (when known) and
-        records round diagnostics: per class candidates, selected, precision, and the pool size.
-        """
-        return self._add_pseudo(self, rows, labels, confidence, weights, candidates)
-
-    _add_pseudo: Any = None
-
-    def log(self, name: str, value) -> None:
-        """Record a scalar for the current step; written to metrics.jsonl with the next log line."""
-        self.logged[name] = float(value) if torch.is_tensor(value) else value
-
-    def sup_loss(self, logits: torch.Tensor, labels: torch.Tensor,
-                 weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The configured supervised loss (cross-entropy with label smoothing, or focal), optionally
-        weighted per example (pseudo-labels weighted by confidence): sum_i w_i l_i / B."""
-        c = self.config
-        if weight is None:
-            return classification_loss(logits, labels, c.label_smoothing, c.focal_gamma, c.focal_alpha)
-        per = classification_loss(logits, labels, c.label_smoothing, c.focal_gamma, c.focal_alpha,
-                                  reduction="none")
-        return (per * weight.to(per.dtype)).mean()
-
-    @property
-    def progress(self) -> float:
-        """Training progress in [0, 1] (for ramp-ups)."""
-        return self.step / max(1, self.total_steps)
-
-    @property
-    def unwrapped_model(self) -> Backbone:
-        return self.accelerator.unwrap_model(self.model)
+def split_options(config: TrainConfig | None = None, **overrides: Any) -> tuple[TrainConfig, RunOptions]:
+    """fit()'s keywords sorted into the two dataclasses; an unknown keyword fails with the known ones."""
+    train_keys = {f.name for f in fields(TrainConfig)}
+    run_keys = {f.name for f in fields(RunOptions)}
+    unknown = sorted(set(overrides) - train_keys - run_keys)
+    if unknown:
+        raise TypeError(f"unknown training options {unknown}; known: {sorted(train_keys | run_keys)}")
+    base = asdict(config) if config is not None else {}
+    train = TrainConfig(**{**base, **{k: v for k, v in overrides.items() if k in train_keys}})
+    return train, RunOptions(**{k: v for k, v in overrides.items() if k in run_keys})
 
 
 @dataclass
@@ -164,36 +104,36 @@ class RunResult:
 
     @property
     def test(self) -> dict:
-        return self.summary.get("test", {})
+        return self.summary.get("test") or {}
 
     @property
     def dev(self) -> dict:
-        return self.summary.get("dev", {})
+        return self.summary.get("dev") or {}
 
     def predictions(self) -> pd.DataFrame:
         """Test predictions of the best checkpoint: id, text, gold, pred, confidence."""
         return pd.read_csv(self.run_dir / "predictions.csv", keep_default_na=False)
 
 
-#: fit() keywords per backbone family; the FastText presets take sslkit.fasttext.train_defaults_for on top.
+#: fit() keywords per backbone family; the FastText presets take sslkit.backbones.fasttext.train_defaults_for on top.
 PRETRAINED_TRAIN_DEFAULTS = {"epochs": 6, "batch_size": 32, "lr": 2e-3}
 
 
 def train_defaults(backbone: str = "minilm", **overrides: Any) -> dict:
     """The fit() keywords a notebook passes: the backbone's recommended values (LoRA on a pretrained
-    model: 6 epochs, batch 32, lr 2e-3; FastText: :data:`sslkit.fasttext.TRAIN_DEFAULTS`), then every
+    model: 6 epochs, batch 32, lr 2e-3; FastText: :data:`sslkit.backbones.fasttext.TRAIN_DEFAULTS`), then every
     override that is not None -- so a notebook parameter left at None means "the backbone's default"."""
-    out = dict(PRETRAINED_TRAIN_DEFAULTS)
-    from .fasttext import is_fasttext, train_defaults_for
+    from .backbones.fasttext import is_fasttext, train_defaults_for
 
+    out = dict(PRETRAINED_TRAIN_DEFAULTS)
     if is_fasttext(backbone):
         out.update(train_defaults_for(backbone))
     out.update({k: v for k, v in overrides.items() if v is not None})
-    TrainConfig.from_kwargs(**out)  # unknown keywords fail here, with the list of known ones
+    split_options(**out)  # unknown keywords fail here, with the list of known ones
     return out
 
 
-def results_table(results: dict[str, "RunResult"], baseline: str | None = None) -> pd.DataFrame:
+def results_table(results: dict[str, RunResult], baseline: str | None = None) -> pd.DataFrame:
     """One row per named run: test accuracy / macro-F1 (and the change against ``baseline``), best
     epoch, the weights tested, pseudo-labels, minutes and training samples per second."""
     rows = {}
@@ -210,561 +150,376 @@ def results_table(results: dict[str, "RunResult"], baseline: str | None = None) 
     return table
 
 
-# --------------------------------------------------------------------------- data plumbing
-class _Tokenized(torch.utils.data.Dataset):
-    def __init__(self, ids: list[list[int]], idx: np.ndarray, labels: np.ndarray | None,
-                 weights: np.ndarray | None = None):
-        self.ids, self.idx, self.labels, self.weights = ids, idx, labels, weights
+# --------------------------------------------------------------------------- the phases' state
+@dataclass
+class _Run:
+    """The run's identity and records (phase "open the run")."""
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    run_id: str
+    run_dir: Path
+    identity: str                    # the hash of run_config: same identity, same result
+    label: str                       # the method's name in the record (a preset's name, else the method's)
+    config: TrainConfig
+    options: RunOptions
+    accelerator: Any
+    metrics: MetricsLog
+    traces: MetricsLog
+    started: float
+    tracker: Tracker
+    resume_state: dict | None = None
 
-    def __getitem__(self, i: int) -> dict:
-        item = {"ids": self.ids[i], "idx": int(self.idx[i])}
-        if self.labels is not None:
-            item["label"] = int(self.labels[i])
-        if self.weights is not None:
-            item["weight"] = float(self.weights[i])
-        return item
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
-
-class _TrainingSet(_Tokenized):
-    """The labeled examples a method trains on; pseudo-labeled pool rows are appended to it."""
-
-    def __init__(self, ids, idx, labels):
-        super().__init__(list(ids), np.asarray(idx), np.asarray(labels), np.ones(len(ids), dtype=np.float32))
-
-    def extend(self, ids, idx, labels, weights) -> None:
-        self.ids = self.ids + list(ids)
-        self.idx = np.concatenate([self.idx, idx])
-        self.labels = np.concatenate([self.labels, labels])
-        self.weights = np.concatenate([self.weights, np.asarray(weights, dtype=np.float32)])
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / LAST_STATE
 
 
-class _Pool:
-    """The unlabeled examples still in the pool: texts, token ids, global idx, ids, hidden gold."""
+@dataclass
+class _Progress:
+    """Where training stands: the best checkpoint so far and the counters a resume restores."""
 
-    def __init__(self, texts, ids, idx, user_ids, gold):
-        self.texts, self.tok, self.idx = list(texts), list(ids), np.asarray(idx)
-        self.user_ids, self.gold = list(user_ids), np.asarray(gold)
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, rows: np.ndarray) -> dict:
-        """Remove ``rows`` (positions) from the pool and return what they held."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = {"texts": [self.texts[r] for r in rows], "tok": [self.tok[r] for r in rows],
-               "idx": self.idx[rows], "ids": [self.user_ids[r] for r in rows], "gold": self.gold[rows]}
-        keep = np.setdiff1d(np.arange(len(self.texts)), rows)
-        self.texts = [self.texts[r] for r in keep]
-        self.tok = [self.tok[r] for r in keep]
-        self.user_ids = [self.user_ids[r] for r in keep]
-        self.idx, self.gold = self.idx[keep], self.gold[keep]
-        return out
-
-    def positions_of(self, global_idx) -> np.ndarray:
-        where = {int(g): p for p, g in enumerate(self.idx)}
-        return np.array([where[int(g)] for g in global_idx], dtype=np.int64)
+    start_epoch: int = 1
+    best: dict = field(default_factory=lambda: {"dev_macro_f1": -1.0, "epoch": 0, "state": None})
+    # dev / test of the best checkpoint as scored during training: the final report reuses them
+    # (same weights, same texts, same code: the same numbers) instead of scoring again
+    best_eval: dict = field(default_factory=dict)
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    saved_at: float = 0.0            # the training time in the last epoch checkpoint
+    n_seen: int = 0
+    stopped_early: bool = False
 
 
-def _collate_fn(model: Backbone):
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        batch = model.collate([it["ids"] for it in items])
-        batch["idx"] = torch.tensor([it["idx"] for it in items], dtype=torch.long)
-        if "label" in items[0]:
-            batch["labels"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
-        if "weight" in items[0]:
-            batch["weights"] = torch.tensor([it["weight"] for it in items], dtype=torch.float32)
-        return batch
+@dataclass
+class _Training:
+    """What the loop works with (phase "build")."""
 
-    return collate
-
-
-class _FixedBatches(torch.utils.data.Sampler):
-    """A batch sampler over precomputed batches (lists of positions), e.g. P classes x K examples."""
-
-    def __init__(self, batches: list[list[int]], batch_size: int):
-        # batch_size None: accelerate then deals whole (possibly uneven) batches to processes
-        self.batches, self.batch_size, self.drop_last = [list(map(int, b)) for b in batches], None, False
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def _epoch_loader(dataset: _Tokenized, batch_size: int, seed: int, epoch: int, collate, drop_last=False,
-                  batches=None, group_by_length: int = 0):
-    """A loader whose order depends only on (seed, epoch): resuming replays the same order.
-
-    ``batches(labels, batch_size, rng)`` (a method's :meth:`~sslkit.methods.base.Method.labeled_batches`)
-    may return the batches itself; else ``group_by_length > 1`` makes batches of similar lengths
-    (:func:`sslkit.sampling.length_grouped_batches`), and 0 or 1 means a plain shuffle."""
-    rng = np.random.default_rng([seed, epoch])
-    order = batches(dataset.labels, batch_size, rng) if batches is not None else None
-    if order is None and group_by_length > 1 and not drop_last:
-        order = length_grouped_batches([len(x) for x in dataset.ids], batch_size, group_by_length, rng)
-    if order is not None:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=_FixedBatches(order, batch_size),
-                                           collate_fn=collate)
-    perm = rng.permutation(len(dataset)).tolist()
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=perm,
-                                       collate_fn=collate, drop_last=drop_last)
-
-
-def _stream(make_loader, steps: int | None = None) -> Iterator[dict]:
-    """Exactly ``steps`` batches (endless if None), re-shuffling (round r) whenever the data is
-    exhausted."""
-    round_, done = 0, 0
-    while steps is None or done < steps:
-        yielded = False
-        for batch in make_loader(round_):
-            yielded = True
-            yield batch
-            done += 1
-            if steps is not None and done >= steps:
-                return
-        if not yielded:
-            raise RuntimeError("a training loader yielded no batch (empty data, or batches all dropped)")
-        round_ += 1
-
-
-# --------------------------------------------------------------------------- evaluation
-def predict_logits(model: Backbone, texts: Sequence[str], batch_size: int = 128,
-                   accelerator=None) -> np.ndarray:
-    """Logits for texts in input order. One process: plain batched inference (the same code path a
-    reloaded checkpoint uses, so results match exactly). Several processes: shards + gather."""
-    if accelerator is None or accelerator.num_processes == 1:
-        _, logits = embed(model, texts, batch_size=batch_size, return_logits=True)
-        return logits
-    ids = model.tokenize(texts)
-    ds = _Tokenized(ids, np.arange(len(ids)), None)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=_collate_fn(model))
-    loader = accelerator.prepare_data_loader(loader)
-    model.eval()
-    out_logits, out_idx = [], []
-    with torch.no_grad(), model.merged_lora():
-        for batch in loader:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            logits, idx = accelerator.gather_for_metrics((logits.float(), batch["idx"]))
-            out_logits.append(logits.cpu())
-            out_idx.append(idx.cpu())
-    model.train()
-    logits = torch.cat(out_logits).numpy()
-    order = torch.cat(out_idx).numpy()
-    result = np.zeros_like(logits)
-    result[order] = logits
-    return result
-
-
-def evaluate(model: Backbone, dataset: TextDataset, batch_size: int = 128, accelerator=None) -> dict:
-    """accuracy / macro-F1 on a labeled split, plus the raw predictions."""
-    logits = predict_logits(model, dataset.texts, batch_size, accelerator)
-    probs = torch.softmax(torch.as_tensor(logits), dim=-1).numpy()
-    pred = probs.argmax(1)
-    known = dataset.labels >= 0  # blank labels in a user's dev/test file are not scored
-    metrics = classification_metrics(dataset.labels[known], pred[known], dataset.label_names)
-    return {"metrics": metrics, "pred": pred, "confidence": probs.max(1), "probs": probs}
-
-
-# --------------------------------------------------------------------------- records
-def _versions() -> dict:
-    import accelerate
-    import peft
-    import transformers
-
-    from . import __version__
-
-    return {"sslkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__, "numpy": np.__version__}
-
-
-def budget_tag(budget: Budget) -> str:
-    if budget.labeled_fraction is not None:
-        return f"{budget.labeled_fraction:g}"
-    if budget.per_class is not None:
-        return f"{budget.per_class}pc"
-    return "natural"
-
-
-#: Options added after runs were recorded with the same computation: in the run config (and its hash)
-#: only when set, so finished records stay reusable.
-_HASHED_WHEN_SET = ("fused_optimizer",)
-
-
-def run_config(model: Backbone, budget: Budget, method: Method, config: TrainConfig) -> dict:
-    """Everything needed to rerun a run (and its identity: the run id hashes it)."""
-    train = {k: v for k, v in dataclass_values(config).items()
-             if k not in ("progress", "run_dir", "resume", "resume_every", "reuse", "track_test")
-             and not (k in _HASHED_WHEN_SET and not v)}
-    return {
-        "dataset": budget.dataset,
-        "budget": budget.describe(),
-        "backbone": {k: v for k, v in asdict(model.info).items() if k not in ("label_names", "path")},
-        "method": method.config(),
-        "train": train,
-    }
-
-
-def _peak_memory_mb(device: torch.device) -> dict:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    if device.type == "cuda":
-        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-def _progress_enabled(config: TrainConfig, accelerator) -> bool:
-    if not accelerator.is_main_process:
-        return False
-    if config.progress is not None:
-        return config.progress
-    return os.environ.get("SSLKIT_PROGRESS", "1") != "0"
+    model: Backbone                  # the unwrapped model
+    prepared: Any                    # the model as accelerate prepared it (DDP-wrapped on several processes)
+    method: Method
+    optimizer: Any
+    scheduler: Any
+    ctx: Context
+    pseudo: PseudoLabels
+    collate: Any
+    progress: _Progress = field(default_factory=_Progress)
+    epoch_record: dict = field(default_factory=dict)  # the current epoch's line of metrics.jsonl
 
 
 # --------------------------------------------------------------------------- fit
-def fit(
-    model: Backbone,
-    budget: Budget,
-    method: Method | None = None,
-    config: TrainConfig | None = None,
-    **overrides: Any,
-) -> RunResult:
-    """Train ``model`` on ``budget`` with ``method`` (default :class:`Supervised`).
+def fit(model: Backbone, budget: Budget, method: Method | str | None = None, config: TrainConfig | None = None,
+        **overrides: Any) -> RunResult:
+    """Train ``model`` on ``budget`` with ``method``: a :class:`~sslkit.methods.base.Method`, or the
+    name of a preset (:func:`sslkit.presets.preset_names`); default supervised.
 
-    Keyword overrides set :class:`TrainConfig` fields, e.g. ``fit(m, b, epochs=6, lr=2e-3)``.
+    Keyword overrides set :class:`TrainConfig` or :class:`RunOptions` fields, e.g.
+    ``fit(m, b, "fixmatch", epochs=6, lr=2e-3)``; a preset's own training settings come first.
     Writes reports/runs/<run_id>/ and returns a :class:`RunResult`. If that folder holds an epoch
-    checkpoint of the same config, training resumes after that epoch. Without a dev split (a user's
-    file) the last epoch is kept.
+    checkpoint of the same identity, training resumes after that epoch. Without a dev split (a
+    user's file) the last epoch is kept.
     """
+    method, label, overrides = resolve_method(method, overrides)
+    config, options = split_options(config, **overrides)
+    run = open_run(model, budget, method, label, config, options)
+    if isinstance(run, RunResult):
+        return run
+    training = build_training(run, model, budget, method)
+    if run.resume_state is not None:
+        restore(run, training)
+    for epoch in range(training.progress.start_epoch, config.epochs + 1):
+        train_epoch(run, training, epoch)
+        stop = evaluate_epoch(run, training, budget, epoch)
+        save_epoch_state(run, training, epoch)
+        if stop:
+            training.progress.stopped_early = True
+            break
+    return finish(run, training, budget)
+
+
+def open_run(model: Backbone, budget: Budget, method: Method, label: str, config: TrainConfig,
+             options: RunOptions) -> _Run | RunResult:
+    """The run id (a hash of what changes results), its folder and logs; a finished record of the
+    same identity when ``reuse`` (returned as the RunResult), an epoch checkpoint to resume from."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm import tqdm  # plain bars: no ipywidgets needed, text in papermill output
-    from transformers import get_scheduler
 
-    method = method or Supervised()
-    config = TrainConfig.from_kwargs(config, **overrides)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.device == "cpu")
+    device = resolve_device(options.device)
+    precision = resolve_precision(config.mixed_precision, device)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")
     set_seed(config.seed)
-    started = time.time()
-
-    rconf = run_config(model, budget, method, config)
-    rconf_hash = config_hash(rconf)
-    name = config.run_name or f"{budget.dataset}-{budget_tag(budget)}-{method.name}-s{config.seed}"
-    run_id = f"{name}-{rconf_hash}"
-    run_dir = Path(config.run_dir) if config.run_dir else reports_dir() / "runs" / run_id
-    if config.reuse:
-        done = _finished_run(run_dir, rconf_hash, run_id)
+    rconf = run_config(model, budget, method, config, device=device, precision=precision)
+    identity = run_identity(rconf)
+    name = options.run_name or f"{budget.dataset}-{budget_tag(budget)}-{label}-s{config.seed}"
+    run_id = f"{name}-{identity}"
+    run_dir = Path(options.run_dir) if options.run_dir else reports_dir() / "runs" / run_id
+    if options.reuse:
+        done = finished_record(run_dir, identity)
         if done is not None:
-            return done
+            return RunResult(run_id=run_id, run_dir=run_dir, **done)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(run_dir / "metrics.jsonl")
-    traces = MetricsLog(run_dir / "traces.jsonl")
-    rounds_log = MetricsLog(run_dir / "rounds.jsonl")
-
-    # ---- resume?
-    state_path = run_dir / LAST_STATE
-    resume_state = None
-    if config.resume and state_path.is_file():
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)
-        if saved.get("config_hash") == rconf_hash:
-            resume_state = saved
-    if resume_state is None and accelerator.is_main_process:
+    run = _Run(run_id=run_id, run_dir=run_dir, identity=identity, label=label, config=config, options=options,
+               accelerator=accelerator, metrics=MetricsLog(run_dir / "metrics.jsonl"),
+               traces=MetricsLog(run_dir / "traces.jsonl"), started=time.time(),
+               tracker=Tracker(options.tracker or "auto"))
+    if options.resume and run.state_path.is_file():
+        saved = torch.load(run.state_path, map_location="cpu", weights_only=False)
+        if saved.get("identity") == identity:
+            run.resume_state = saved
+    if run.resume_state is None and run.main:
         for stale in ("metrics.jsonl", "traces.jsonl", "rounds.jsonl", "summary.json",
                       "predictions.csv", "pseudo_labels.csv"):
             (run_dir / stale).unlink(missing_ok=True)
-    notebook = os.environ.get("SSLKIT_NOTEBOOK")
-    if accelerator.is_main_process:
-        write_json(run_dir / "config.json", {"run_id": run_id, "notebook": notebook, "config_hash": rconf_hash,
-                                             "versions": _versions(), "argv": sys.argv, **rconf})
+    config_record = {"run_id": run_id, "label": label, "notebook": os.environ.get("SSLKIT_NOTEBOOK"),
+                     "identity": identity, "versions": versions(), **rconf}
+    if run.main:
+        write_json(run_dir / "config.json", config_record)
+    run.tracker.start(run_id, config_record)  # a view of the record in MLflow / TensorBoard, when asked for
+    return run
 
-    # ---- label-free corpus statistics (FastText IDF weights): all training texts, every method alike
+
+def build_training(run: _Run, model: Backbone, budget: Budget, method: Method) -> _Training:
+    """Labeled set and pool, prototype head, the method's modules, optimiser and schedule, context."""
+    from transformers import get_scheduler
+
+    config, acc = run.config, run.accelerator
+    # label-free corpus statistics (FastText IDF weights): all training texts, every method alike
     model.adapt_to_corpus(list(budget.labeled.texts) + list(budget.unlabeled.texts))
-
-    # ---- data: the labeled set grows when a method moves pseudo-labeled pool rows into it
     labeled = budget.labeled
-    train_set = _TrainingSet(model.tokenize(labeled.texts), labeled.idx, labeled.labels)
-    collate = _collate_fn(model)
+    train_set = TrainingSet(model.tokenize(labeled.texts), labeled.idx, labeled.labels)
     pool = None
     if method.uses_unlabeled and len(budget.unlabeled):
         u = budget.unlabeled
-        pool = _Pool(u.texts, model.tokenize(u.texts), u.idx, u.ids, budget.unlabeled_gold)
-    pseudo_rows: list[dict] = []
-
-    # ---- head init from prototypes (LoRA's B = 0, so these are the pretrained features)
-    if resume_state is None and config.init_head == "prototypes":
-        feats = embed(model, labeled.texts, batch_size=config.eval_batch_size)
-        model.init_head_from_prototypes(feats, labeled.labels)
-
+        pool = Pool(u.texts, model.tokenize(u.texts), u.idx, u.ids, budget.unlabeled_gold)
+    pseudo = PseudoLabels(pool, train_set, budget.label_names, run.run_dir, write=run.main)
+    if run.resume_state is None:  # LoRA's B = 0, so these are the pretrained features
+        model.init_head_from_prototypes(embed(model, labeled.texts, batch_size=run.options.eval_batch_size),
+                                        labeled.labels)
     method.configure_model(model)  # e.g. a projection head: before the optimiser sees the parameters
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_set) / (config.batch_size * acc.num_processes))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_scheduler(config.scheduler, optimizer,
+                              num_warmup_steps=int(config.warmup_ratio * total_steps) * acc.num_processes,
+                              num_training_steps=total_steps * acc.num_processes)
+    prepared, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    ctx = Context(model=prepared, accelerator=acc, budget=budget, config=config,
+                  num_classes=len(budget.label_names), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                  run_dir=run.run_dir, pseudo=pseudo, traces=run.traces,
+                  eval_batch_size=run.options.eval_batch_size)
+    method.setup(ctx)
+    return _Training(model=model, prepared=prepared, method=method, optimizer=optimizer, scheduler=scheduler,
+                     ctx=ctx, pseudo=pseudo, collate=collate_fn(model))
 
-    # ---- optimiser: head and LoRA parameter groups (their own learning rates)
+
+def _optimizer(model: Backbone, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over two parameter groups, the head's (``head_lr``) and the rest's (``lr``)."""
     head_params = [p for p in model.head.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head_params}
     body_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [{"params": head_params, "lr": config.head_lr or config.lr}]
     if body_params:
         groups.append({"params": body_params, "lr": config.lr})
-    # fused: one kernel for the whole update instead of ~10 ops per tensor; FastText's default (its dense
-    # 4.2M-row table made the per-tensor update 60% of a step), off for LoRA (0.7M parameters: 6 of 390 ms)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay,
-                                  fused=True if config.fused_optimizer else None)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay,
+                             fused=True if config.fused_optimizer else None)
 
-    steps_per_epoch = config.steps_per_epoch or math.ceil(
-        len(train_set) / (config.batch_size * accelerator.num_processes))
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = get_scheduler(config.scheduler, optimizer,
-                              num_warmup_steps=int(config.warmup_ratio * total_steps) * accelerator.num_processes,
-                              num_training_steps=total_steps * accelerator.num_processes)
-    pmodel, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ctx = Context(model=pmodel, accelerator=accelerator, budget=budget, config=config,
-                  num_classes=len(budget.label_names), steps_per_epoch=steps_per_epoch,
-                  total_steps=total_steps, run_dir=run_dir, train_set=train_set, pool=pool, traces=traces)
 
-    def add_pseudo(ctx_, rows, labels, confidence, weights=None, candidates=None) -> dict:
-        rows = np.asarray(torch.as_tensor(rows).cpu(), dtype=np.int64).reshape(-1)
-        labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1)
-        confidence = np.asarray(torch.as_tensor(confidence).float().cpu()).reshape(-1)
-        weights = np.ones(len(rows), np.float32) if weights is None else \
-            np.asarray(torch.as_tensor(weights).float().cpu()).reshape(-1)
-        round_ = len({r["round"] for r in pseudo_rows})
-        moved = pool.take(rows)
-        train_set.extend(moved["tok"], moved["idx"], labels, weights)
-        names = np.asarray(budget.label_names, dtype=object)
-        for i in range(len(rows)):
-            pseudo_rows.append({"idx": int(moved["idx"][i]), "id": moved["ids"][i], "text": moved["texts"][i],
-                                "label": names[labels[i]], "confidence": float(confidence[i]),
-                                "weight": float(weights[i]), "round": round_, "epoch": ctx_.epoch,
-                                "gold": names[moved["gold"][i]] if moved["gold"][i] >= 0 else ""})
-        stats = _round_stats(round_, ctx_.epoch, labels, moved["gold"], candidates, len(pool),
-                             budget.label_names)
-        if accelerator.is_main_process:
-            rounds_log.write(stats)
-            _write_pseudo_csv(run_dir, pseudo_rows)
-        return {k: v for k, v in stats.items() if k != "per_class"}
+def restore(run: _Run, training: _Training) -> None:
+    """Continue after the epoch checkpoint: weights, optimiser, schedule, method state, pseudo-labels."""
+    state, p = run.resume_state, training.progress
+    training.model.load_trainable_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    training.method.load_state_dict(state["method"])
+    training.pseudo.replay(state.get("pseudo", []))
+    p.best, p.bad_epochs, p.start_epoch = state["best"], state["bad_epochs"], state["epoch"] + 1
+    p.train_seconds = p.saved_at = state["train_seconds"]
+    p.n_seen = state["n_seen"]
+    training.ctx.step = state["step"]
+    if run.main:
+        for log in (run.metrics, run.traces, MetricsLog(run.run_dir / "rounds.jsonl")):
+            log.truncate_after(state["epoch"])
+    run.accelerator.print(f"resuming {run.run_id} after epoch {state['epoch']}")
 
-    ctx._add_pseudo = add_pseudo
-    method.setup(ctx)
 
-    start_epoch, best = 1, {"dev_macro_f1": -1.0, "epoch": 0, "state": None}
-    # dev / test evaluations of the best checkpoint as scored during training: the final report
-    # reuses them (same weights, same texts, same code: the same numbers) instead of scoring again
-    best_eval: dict = {}
-    bad_epochs = 0
-    if resume_state is not None:
-        model.load_trainable_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        method.load_state_dict(resume_state["method"])
-        best, bad_epochs = resume_state["best"], resume_state["bad_epochs"]
-        start_epoch = resume_state["epoch"] + 1
-        ctx.step = resume_state["step"]
-        replay = resume_state.get("pseudo", [])
-        if replay:  # replay the moves of earlier rounds, in their order, in one take
-            moved = pool.take(pool.positions_of([r["idx"] for r in replay]))
-            class_of = {name: c for c, name in enumerate(budget.label_names)}
-            train_set.extend(moved["tok"], moved["idx"], [class_of[r["label"]] for r in replay],
-                             [r["weight"] for r in replay])
-            pseudo_rows.extend(replay)
-        if accelerator.is_main_process:
-            log.truncate_after(resume_state["epoch"])
-            traces.truncate_after(resume_state["epoch"])
-            rounds_log.truncate_after(resume_state["epoch"])
-        accelerator.print(f"resuming {run_id} after epoch {resume_state['epoch']}")
+def _batches(run: _Run, training: _Training, epoch: int):
+    """This epoch's labeled batches (one pass over the labeled set, or ``steps_per_epoch``) zipped
+    with an endless stream of pool batches, ``method.mu`` times larger."""
+    config, acc, ctx = run.config, run.accelerator, training.ctx
+    labeled = stream(lambda r: acc.prepare_data_loader(epoch_loader(
+        training.pseudo.train_set, config.batch_size, config.seed, epoch * 1000 + r, training.collate,
+        batches=training.method.labeled_batches, group_by_length=config.group_by_length)), ctx.steps_per_epoch)
+    unlabeled = None
+    if ctx.pool_size:
+        view = ctx.pool.view()
+        unlabeled = stream(lambda r: acc.prepare_data_loader(epoch_loader(
+            view, training.method.mu * config.batch_size, config.seed + 7919, epoch * 1000 + r,
+            training.collate, group_by_length=config.group_by_length)))
+    for batch in labeled:
+        yield {"labeled": batch, "unlabeled": next(unlabeled) if unlabeled else None}
 
-    show = _progress_enabled(config, accelerator)
-    train_seconds = resume_state["train_seconds"] if resume_state else 0.0
-    saved_at = train_seconds  # the training time in the last epoch checkpoint
-    n_seen = resume_state["n_seen"] if resume_state else 0
-    stopped_early = False
-    for epoch in range(start_epoch, config.epochs + 1):
-        ctx.epoch = epoch
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout: same stream with or without resume
-        lab_stream = _stream(lambda r: accelerator.prepare_data_loader(
-            _epoch_loader(train_set, config.batch_size, config.seed, epoch * 1000 + r, collate,
-                          batches=method.labeled_batches, group_by_length=config.group_by_length)),
-            steps_per_epoch)
-        unl_iter = None
-        if pool is not None and len(pool):
-            ubs = config.unlabeled_batch_size or config.batch_size
-            pool_view = _Tokenized(pool.tok, pool.idx, None)
-            unl_iter = _stream(lambda r: accelerator.prepare_data_loader(
-                _epoch_loader(pool_view, ubs, config.seed + 7919, epoch * 1000 + r, collate,
-                              group_by_length=config.group_by_length)))
-        pmodel.train()
-        t0 = time.time()
-        losses = []
-        bar = tqdm(lab_stream, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not show, leave=False)
-        for lab_batch in bar:
-            batch = {"labeled": lab_batch, "unlabeled": next(unl_iter) if unl_iter else None}
-            out = method.loss(batch, ctx)
-            accelerator.backward(out["loss"])
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(pmodel.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            ctx.step += 1
-            n_seen += lab_batch["input_ids"].shape[0] * accelerator.num_processes
-            method.after_step(ctx)
-            loss_value = float(out["loss"].detach())
-            losses.append(loss_value)
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-            if ctx.step % config.log_every == 0 and accelerator.is_main_process:
-                parts = {k: float(v) for k, v in out.items() if k != "loss"}
-                log.write({"epoch": epoch, "step": ctx.step, "train_loss": loss_value,
-                           "lr": scheduler.get_last_lr()[-1], **parts, **ctx.logged})
-                ctx.logged = {}
-        epoch_seconds = time.time() - t0
-        train_seconds += epoch_seconds
-        stats = method.after_epoch(ctx) or {}
 
-        unwrapped = accelerator.unwrap_model(pmodel)
-        record = {"epoch": epoch, "step": ctx.step, "epoch_loss": float(np.mean(losses)) if losses else None,
-                  "epoch_seconds": epoch_seconds, "n_train": len(train_set), "pool": ctx.pool_size, **stats}
-        # the model itself and any extra weights the method offers (a mean teacher): each scored on
-        # dev; the best of all, over epochs, is the checkpoint that gets tested
-        student = unwrapped.trainable_state_dict()
-        variants = {"": student, **{f"_{k}": v for k, v in method.eval_states(ctx).items()}}
-        improved = False
-        for suffix, state in variants.items():
-            if suffix:
-                unwrapped.load_trainable_state_dict(state)
-            scored = {}
-            if budget.dev is not None:
-                scored["dev"] = evaluate(unwrapped, budget.dev, config.eval_batch_size, accelerator)
-                dev_m = scored["dev"]["metrics"]
-                score = dev_m["macro_f1"]
-                record.update({f"dev_accuracy{suffix}": dev_m["accuracy"], f"dev_macro_f1{suffix}": dev_m["macro_f1"]})
-            else:
-                score = float(epoch)  # no dev split: the last epoch (of the model itself) is the best
-            if config.track_test and budget.test is not None:
-                scored["test"] = evaluate(unwrapped, budget.test, config.eval_batch_size, accelerator)
-                test_m = scored["test"]["metrics"]
-                record.update({f"test_accuracy{suffix}": test_m["accuracy"], f"test_macro_f1{suffix}": test_m["macro_f1"]})
-            if score > best["dev_macro_f1"]:
-                best = {"dev_macro_f1": score, "epoch": epoch, "state": state, "variant": suffix[1:] or "model"}
-                best_eval = scored
-                improved = True
-        if len(variants) > 1:
-            unwrapped.load_trainable_state_dict(student)
-        bad_epochs = 0 if improved else bad_epochs + 1
-        record["best_epoch"] = best["epoch"]
-        if accelerator.is_main_process:
-            log.write(record)
-            if show:
-                tqdm.write(f"epoch {epoch}: loss {record['epoch_loss']:.4f} dev acc "
-                           f"{record.get('dev_accuracy', float('nan')):.4f} macro-F1 "
-                           f"{record.get('dev_macro_f1', float('nan')):.4f} ({epoch_seconds:.0f}s)")
-        # the epoch checkpoint (resume state), once `resume_every` seconds of training went in since the
-        # last one, and not after the last epoch: a FastText epoch takes 0.5 s and its state (table,
-        # AdamW moments, best copy: 67 MB) ~0.15 s to write; a LoRA epoch (a minute) still saves each time
-        if train_seconds - saved_at >= config.resume_every and epoch < config.epochs:
-            saved_at = train_seconds
-            if accelerator.is_main_process:
-                torch.save({"config_hash": rconf_hash, "epoch": epoch, "step": ctx.step,
-                            "model": unwrapped.trainable_state_dict(),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "method": method.state_dict(), "best": best, "bad_epochs": bad_epochs,
-                            "train_seconds": train_seconds, "n_seen": n_seen, "pseudo": pseudo_rows},
-                           str(state_path) + ".tmp")
-                os.replace(str(state_path) + ".tmp", state_path)
-        accelerator.wait_for_everyone()
-        if config.early_stopping is not None and bad_epochs >= config.early_stopping:
-            stopped_early = True
-            break
+def train_epoch(run: _Run, training: _Training, epoch: int) -> None:
+    """One epoch of optimiser steps; the method's after_step / after_epoch hooks; the loss logged."""
+    from tqdm import tqdm
 
-    # ---- the best checkpoint: test metrics, predictions, saved adapter + head
-    final = accelerator.unwrap_model(pmodel)
-    if best["state"] is not None:
-        final.load_trainable_state_dict(best["state"])
-    final.eval()
+    config, acc, ctx, p = run.config, run.accelerator, training.ctx, training.progress
+    ctx.epoch = epoch
+    torch.manual_seed(config.seed * 1000 + epoch)  # dropout: the same stream with or without a resume
+    training.prepared.train()
+    t0, losses = time.time(), []
+    bar = tqdm(_batches(run, training, epoch), total=ctx.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+               disable=not _show_progress(run), leave=False)
+    for batch in bar:
+        out = training.method.loss(batch, ctx)
+        acc.backward(out["loss"])
+        if config.max_grad_norm:
+            acc.clip_grad_norm_(training.prepared.parameters(), config.max_grad_norm)
+        training.optimizer.step()
+        training.scheduler.step()
+        training.optimizer.zero_grad(set_to_none=True)
+        ctx.step += 1
+        p.n_seen += batch["labeled"]["input_ids"].shape[0] * acc.num_processes
+        training.method.after_step(ctx)
+        loss = float(out["loss"].detach())
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if ctx.step % run.options.log_every == 0 and run.main:
+            parts = {k: float(v) for k, v in out.items() if k != "loss"}
+            line = {"epoch": epoch, "step": ctx.step, "train_loss": loss,
+                    "lr": training.scheduler.get_last_lr()[-1], **parts, **ctx.logged}
+            run.metrics.write(line)
+            run.tracker.log(line, step=ctx.step)
+            ctx.logged = {}
+    seconds = time.time() - t0
+    p.train_seconds += seconds
+    stats = training.method.after_epoch(ctx) or {}  # a round may move pool rows: the sizes below are after it
+    training.epoch_record = {"epoch": epoch, "step": ctx.step, "epoch_loss": float(np.mean(losses)) if losses else None,
+                             "epoch_seconds": seconds, "n_train": len(training.pseudo.train_set),
+                             "pool": ctx.pool_size, **stats}
 
-    def final_eval(split: str) -> dict | None:
-        if split in best_eval:  # scored with these very weights during training
-            return best_eval[split]
+
+def evaluate_epoch(run: _Run, training: _Training, budget: Budget, epoch: int) -> bool:
+    """Score the model, and every extra set of weights the method offers (a mean teacher), on dev;
+    keep the best over epochs. Returns whether early stopping ends training here."""
+    model, p, record = training.model, training.progress, training.epoch_record
+    student = model.trainable_state_dict()
+    variants = {"": student, **{f"_{k}": v for k, v in training.method.eval_states(training.ctx).items()}}
+    improved = False
+    for suffix, state in variants.items():
+        if suffix:
+            model.load_trainable_state_dict(state)
+        scored = _score_splits(run, model, budget)
+        for split, result in scored.items():
+            record.update({f"{split}_{m}{suffix}": result["metrics"][m] for m in ("accuracy", "macro_f1")})
+        # no dev split: the last epoch (of the model itself) is the best
+        score = scored["dev"]["metrics"]["macro_f1"] if "dev" in scored else float(epoch)
+        if score > p.best["dev_macro_f1"]:
+            p.best = {"dev_macro_f1": score, "epoch": epoch, "state": state, "variant": suffix[1:] or "model"}
+            p.best_eval, improved = scored, True
+    if len(variants) > 1:
+        model.load_trainable_state_dict(student)
+    p.bad_epochs = 0 if improved else p.bad_epochs + 1
+    record["best_epoch"] = p.best["epoch"]
+    if run.main:
+        run.metrics.write(record)
+        run.tracker.log(record, step=training.ctx.step)
+        if _show_progress(run):
+            from tqdm import tqdm
+
+            tqdm.write(f"epoch {epoch}: loss {record['epoch_loss']:.4f} dev acc "
+                       f"{record.get('dev_accuracy', float('nan')):.4f} macro-F1 "
+                       f"{record.get('dev_macro_f1', float('nan')):.4f} ({record['epoch_seconds']:.0f}s)")
+    return run.config.early_stopping is not None and p.bad_epochs >= run.config.early_stopping
+
+
+def _score_splits(run: _Run, model: Backbone, budget: Budget) -> dict:
+    """dev (when the budget has one) and test (when tracked) of the model as it is."""
+    splits = ["dev"] + (["test"] if run.options.track_test else [])
+    return {s: evaluate(model, getattr(budget, s), run.options.eval_batch_size, run.accelerator)
+            for s in splits if getattr(budget, s) is not None}
+
+
+def save_epoch_state(run: _Run, training: _Training, epoch: int) -> None:
+    """The resume state, once ``resume_every`` seconds of training went in since the last one, and
+    not after the last epoch (a FastText epoch takes under a second; writing its state costs a
+    noticeable share of that, while a LoRA epoch saves every time)."""
+    p = training.progress
+    if p.train_seconds - p.saved_at >= run.options.resume_every and epoch < run.config.epochs:
+        p.saved_at = p.train_seconds
+        if run.main:
+            tmp = str(run.state_path) + ".tmp"
+            torch.save({"identity": run.identity, "epoch": epoch, "step": training.ctx.step,
+                        "model": training.model.trainable_state_dict(),
+                        "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
+                        "method": training.method.state_dict(), "best": p.best, "bad_epochs": p.bad_epochs,
+                        "train_seconds": p.train_seconds, "n_seen": p.n_seen, "pseudo": training.pseudo.rows}, tmp)
+            os.replace(tmp, run.state_path)
+    run.accelerator.wait_for_everyone()
+
+
+def finish(run: _Run, training: _Training, budget: Budget) -> RunResult:
+    """The best checkpoint: its dev / test metrics, test predictions, saved adapter + head, summary."""
+    model, p = training.model, training.progress
+    if p.best["state"] is not None:
+        model.load_trainable_state_dict(p.best["state"])
+    model.eval()
+    scored = {}
+    for split in ("dev", "test"):  # reuse the scores of these very weights from training where there are some
         data = getattr(budget, split)
-        return evaluate(final, data, config.eval_batch_size, accelerator) if data is not None else None
-
-    dev, test = final_eval("dev"), final_eval("test")
-    summary = {
-        "run_id": run_id, "notebook": notebook, "dataset": budget.dataset, "budget": budget_tag(budget),
-        "method": method.name, "backbone": model.info.name, "seed": config.seed,
-        "n_labeled": len(budget.labeled), "n_unlabeled": len(budget.unlabeled),
-        "n_pseudo_labeled": len(pseudo_rows), "pseudo_label_precision": _precision(pseudo_rows),
-        "best_epoch": best["epoch"], "best_variant": best.get("variant", "model"), "epochs_run": ctx.epoch, "stopped_early": stopped_early,
-        "dev": dev["metrics"] if dev else None, "test": test["metrics"] if test else None,
-        "train_seconds": train_seconds, "minutes": (time.time() - started) / 60.0,
-        "train_samples_per_second": n_seen / train_seconds if train_seconds else None,
-        "trainable_parameters": model.num_parameters(trainable=True),
-        "device": str(accelerator.device), "num_processes": accelerator.num_processes,
-        "mixed_precision": config.mixed_precision, **_peak_memory_mb(accelerator.device),
-    }
-    if accelerator.is_main_process:
-        if test is not None:
-            names = np.asarray(budget.label_names, dtype=object)
-            known = budget.test.labels >= 0
-            gold = np.where(known, names[np.clip(budget.test.labels, 0, None)], "")
-            pd.DataFrame({"id": budget.test.ids, "text": budget.test.texts, "gold": gold,
-                          "pred": names[test["pred"]], "confidence": test["confidence"]}
-                         ).to_csv(run_dir / "predictions.csv", index=False)
-        if config.save_checkpoint:
-            ckpt = run_dir / "checkpoint"
+        scored[split] = p.best_eval.get(split) or (
+            evaluate(model, data, run.options.eval_batch_size, run.accelerator) if data is not None else None)
+    summary = _summary(run, training, budget, scored)
+    if run.main:
+        if scored["test"] is not None:
+            _write_predictions(run.run_dir, budget, scored["test"])
+        if run.options.save_checkpoint:
+            ckpt = run.run_dir / "checkpoint"
             if ckpt.exists():
                 shutil.rmtree(ckpt)
-            final.save(ckpt, label_names=budget.label_names)
-        write_json(run_dir / "summary.json", summary)
-        state_path.unlink(missing_ok=True)  # finished: the epoch checkpoint is no longer needed
-    accelerator.wait_for_everyone()
-    history = pd.DataFrame(log.read())
-    return RunResult(run_id=run_id, run_dir=run_dir, summary=summary, history=history, model=final)
+            model.save(ckpt, label_names=budget.label_names)
+        write_json(run.run_dir / "summary.json", summary)
+        run.state_path.unlink(missing_ok=True)  # finished: the epoch checkpoint is no longer needed
+    run.tracker.finish(summary)
+    run.accelerator.wait_for_everyone()
+    return RunResult(run_id=run.run_id, run_dir=run.run_dir, summary=summary,
+                     history=pd.DataFrame(run.metrics.read()), model=model)
 
 
-def _precision(pseudo_rows: list[dict]) -> float | None:
-    scored = [r for r in pseudo_rows if r.get("gold")]
-    return sum(r["label"] == r["gold"] for r in scored) / len(scored) if scored else None
+def _summary(run: _Run, training: _Training, budget: Budget, scored: dict) -> dict:
+    p, model, acc = training.progress, training.model, run.accelerator
+    return {
+        "run_id": run.run_id, "notebook": os.environ.get("SSLKIT_NOTEBOOK"), "dataset": budget.dataset,
+        "budget": budget_tag(budget), "method": run.label, "algorithm": training.method.name,
+        "backbone": model.info.name, "seed": run.config.seed,
+        "n_labeled": len(budget.labeled), "n_unlabeled": len(budget.unlabeled),
+        "n_pseudo_labeled": len(training.pseudo), "pseudo_label_precision": training.pseudo.precision(),
+        "best_epoch": p.best["epoch"], "best_variant": p.best.get("variant", "model"),
+        "epochs_run": training.ctx.epoch, "stopped_early": p.stopped_early,
+        "dev": scored["dev"]["metrics"] if scored["dev"] else None,
+        "test": scored["test"]["metrics"] if scored["test"] else None,
+        "train_seconds": p.train_seconds, "minutes": (time.time() - run.started) / 60.0,
+        "train_samples_per_second": p.n_seen / p.train_seconds if p.train_seconds else None,
+        "trainable_parameters": model.num_parameters(trainable=True),
+        "device": str(acc.device), "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
+        **peak_memory_mb(acc.device),
+    }
 
 
-def _round_stats(round_: int, epoch: int, labels: np.ndarray, gold: np.ndarray, candidates, pool_left: int,
-                 label_names: list[str]) -> dict:
-    """Diagnostics of one pseudo-label round, per class and overall (gold used only here)."""
-    C = len(label_names)
-    selected = np.bincount(labels, minlength=C)
-    cand = np.asarray(candidates.cpu() if torch.is_tensor(candidates) else candidates) \
-        if candidates is not None else selected
-    scored = gold >= 0
-    correct = np.bincount(labels[scored & (labels == gold)], minlength=C)
-    n_scored = np.bincount(labels[scored], minlength=C)
-    per_class = [{"class": label_names[c], "candidates": int(cand[c]), "selected": int(selected[c]),
-                  "precision": float(correct[c] / n_scored[c]) if n_scored[c] else None} for c in range(C)]
-    return {"round": round_, "epoch": epoch, "candidates": int(np.sum(cand)), "selected": int(len(labels)),
-            "precision": float(correct.sum() / n_scored.sum()) if n_scored.sum() else None,
-            "pool": int(pool_left), "per_class": per_class}
+def _write_predictions(run_dir: Path, budget: Budget, test: dict) -> None:
+    names = np.asarray(budget.label_names, dtype=object)
+    known = budget.test.labels >= 0
+    gold = np.where(known, names[np.clip(budget.test.labels, 0, None)], "")
+    pd.DataFrame({"id": budget.test.ids, "text": budget.test.texts, "gold": gold,
+                  "pred": names[test["pred"]], "confidence": test["confidence"]}
+                 ).to_csv(run_dir / "predictions.csv", index=False)
 
 
-def _write_pseudo_csv(run_dir: Path, rows: list[dict]) -> None:
-    from .runs import atomic_write_text
-
-    frame = pd.DataFrame(rows, columns=["idx", "id", "text", "label", "confidence", "weight", "round",
-                                        "epoch", "gold"])
-    atomic_write_text(run_dir / "pseudo_labels.csv", frame.to_csv(index=False))
-
-
-def _finished_run(run_dir: Path, rconf_hash: str, run_id: str) -> RunResult | None:
-    """A finished run of the same config (summary + checkpoint on disk), loaded instead of retrained."""
-    from .backbone import load_saved_backbone
-    from .runs import read_json
-
-    try:
-        config = read_json(run_dir / "config.json")
-        summary = read_json(run_dir / "summary.json")
-    except (OSError, ValueError):
-        return None
-    if config.get("config_hash") != rconf_hash or not (run_dir / "checkpoint").is_dir():
-        return None
-    model = load_saved_backbone(run_dir / "checkpoint")
-    return RunResult(run_id=run_id, run_dir=run_dir, summary=summary,
-                     history=pd.DataFrame(MetricsLog(run_dir / "metrics.jsonl").read()), model=model)
+def _show_progress(run: _Run) -> bool:
+    if not run.main:
+        return False
+    if run.options.progress is not None:
+        return run.options.progress
+    return os.environ.get("SSLKIT_PROGRESS", "1") != "0"

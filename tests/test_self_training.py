@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-import sslkit
 from sslkit.methods import SelfTraining
-from sslkit.methods import self_training as self_training_module
-from sslkit.runs import read_rounds, read_traces
-from sslkit.trainer import LAST_STATE, fit
+from sslkit.runs import LAST_STATE, read_rounds, read_traces
+from sslkit.thresholds import FixedThreshold, FreeMatchThreshold
+from sslkit.trainer import fit
 
 FAST = dict(epochs=2, batch_size=16, eval_batch_size=64, progress=False, log_every=1)
 
@@ -33,10 +33,10 @@ class _GoldSpy(SelfTraining):
         return super().loss(batch, ctx)
 
 
-def test_rounds_move_pool_rows_and_record_diagnostics(budget, tmp_path, make_model):
+def test_rounds_move_pool_rows_and_record_diagnostics(budget, tmp_path, make_tiny_model):
     run_dir = tmp_path / "st"
-    method = _GoldSpy(top_k=0.5, threshold="freematch")
-    res = fit(make_model(budget), budget, method, run_dir=str(run_dir), **FAST)
+    method = _GoldSpy(top_k=0.5, threshold=FreeMatchThreshold(margin=-1.0))  # every pool text is a candidate
+    res = fit(make_tiny_model(budget), budget, method, run_dir=str(run_dir), **FAST)
     assert "labels" not in _GoldSpy.seen_keys  # the pool's gold labels never reach the method
 
     pseudo = pd.read_csv(run_dir / "pseudo_labels.csv", keep_default_na=False)
@@ -61,18 +61,19 @@ def test_rounds_move_pool_rows_and_record_diagnostics(budget, tmp_path, make_mod
     assert second["pool"] == first["pool"] - second["selected"]
     assert first["pool"] == len(budget.unlabeled) - first["selected"]
 
-    traces = read_traces(run_dir)
-    assert len(traces) == res.summary["epochs_run"] * res.history["step"].max() // FAST["epochs"]
+    traces = read_traces(run_dir)  # one line per step: the thresholds after its update
+    assert len(traces) == res.history["step"].max()
     assert all(len(t) == budget.num_classes for t in traces["tau_c"])
     hist = res.history.dropna(subset=["dev_accuracy"])
     assert hist["n_train"].tolist() == [len(budget.labeled) + per_round[0],
                                         len(budget.labeled) + per_round.sum()]
 
 
-def test_fixed_threshold_selects_nothing_below_it(budget, tmp_path, make_model):
-    res = fit(make_model(budget), budget, SelfTraining(threshold="fixed", fixed_tau=0.999999, margin=0.0),
+def test_fixed_threshold_selects_nothing_below_it(budget, tmp_path, make_tiny_model):
+    res = fit(make_tiny_model(budget), budget, SelfTraining(threshold=FixedThreshold(tau0=0.999999)),
               run_dir=str(tmp_path / "fixed"), **FAST)
     assert res.summary["n_pseudo_labeled"] == 0
+    assert not (tmp_path / "fixed" / "traces.jsonl").exists()  # a fixed rule learns nothing per step
 
 
 class Interrupted(RuntimeError):
@@ -85,89 +86,41 @@ class _DiesInEpoch2(SelfTraining):
             raise Interrupted
 
 
-def test_resume_replays_pseudo_label_rounds(budget, tmp_path, make_model):
-    kw = dict(top_k=0.5, threshold="freematch", unlabeled_weight=0.5, weight_by_confidence=True)
-    full = fit(make_model(budget), budget, SelfTraining(**kw), run_dir=str(tmp_path / "full"), **FAST)
+def test_resume_replays_pseudo_label_rounds(budget, tmp_path, make_tiny_model):
+    def method(cls=SelfTraining):
+        return cls(top_k=0.5, threshold=FreeMatchThreshold(margin=-1.0), weight_by_confidence=True)
+
+    full = fit(make_tiny_model(budget), budget, method(), run_dir=str(tmp_path / "full"), **FAST)
     run_dir = tmp_path / "resumed"
     with pytest.raises(Interrupted):
-        fit(make_model(budget), budget, _DiesInEpoch2(**kw), run_dir=str(run_dir), **FAST, resume_every=0)
+        fit(make_tiny_model(budget), budget, method(_DiesInEpoch2), run_dir=str(run_dir), **FAST, resume_every=0)
     assert (run_dir / LAST_STATE).exists()
-    again = fit(make_model(budget), budget, SelfTraining(**kw), run_dir=str(run_dir), **FAST)
+    again = fit(make_tiny_model(budget), budget, method(), run_dir=str(run_dir), **FAST)
     assert again.summary["test"] == full.summary["test"]
-    a = pd.read_csv(tmp_path / "full" / "pseudo_labels.csv")
-    b = pd.read_csv(run_dir / "pseudo_labels.csv")
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "pseudo_labels.csv"),
+                                  pd.read_csv(run_dir / "pseudo_labels.csv"))
 
 
-def _one_process_ctx(model, budget):
-    """A trainer context for calling a method's loss directly, as on one process."""
-    from sslkit.trainer import Context, TrainConfig
+def test_thresholds_learn_from_the_model_as_it_predicts(budget, make_tiny_model, monkeypatch):
+    """The per-step update sees an eval-mode pass with LoRA folded in: the probabilities evaluation
+    gives, the same on every call, and the model is back in train mode after."""
+    from helpers import one_process_ctx, parts
 
-    class Acc:
-        num_processes = 1
-
-        @staticmethod
-        def unwrap_model(m):
-            return m
-
-    return Context(model=model, accelerator=Acc(), budget=budget, config=TrainConfig(), num_classes=budget.num_classes)
-
-
-@pytest.mark.parametrize("strong_noise", [0.0, 0.3])
-def test_unlabeled_term_moves_the_weights(budget, make_model, strong_noise, monkeypatch):
-    """The per-step pseudo-label term must carry gradient (USB's mean-teacher bug, avoided); with
-    strong_noise the student's view is the token-noised copy (FixMatch's strong view)."""
-    import torch
-
-    model = make_model(budget)
-    with torch.no_grad():
-        model.head.weight.mul_(50)  # confident predictions so pseudo-labels pass the threshold
-    method = SelfTraining(threshold="fixed", fixed_tau=0.0, margin=-1.0, unlabeled_weight=1.0,
-                          strong_noise=strong_noise)
-    noised = []
-    real_noise = self_training_module.model_token_noise
-    monkeypatch.setattr(self_training_module, "model_token_noise",
-                        lambda *a: noised.append(a[3]) or real_noise(*a))
-
-    ctx = _one_process_ctx(model, budget)
+    model = make_tiny_model(budget)
+    ctx = one_process_ctx(model, budget)
+    lab, unl = parts(model, budget)
+    method = SelfTraining()
     method.setup(ctx)
-    ids = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
-    lab = model.collate(model.tokenize(budget.labeled.texts[:4]))
-    lab["labels"] = torch.as_tensor(budget.labeled.labels[:4])
-    out = method.loss({"labeled": lab, "unlabeled": ids}, ctx)
-    assert out["mask_rate"] == 1.0
-    assert noised == ([strong_noise] if strong_noise else [])
-    out["unsup"].requires_grad_(False)
-    model.zero_grad()
-    (out["loss"] - out["sup"]).backward()  # the unsupervised part alone
-    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads)
-
-
-def test_weak_view_without_dropout_scores_as_the_model_predicts(budget, make_model, monkeypatch):
-    """target_dropout=False: the thresholds and pseudo-labels come from an eval-mode pass (LoRA folded
-    in): the probabilities evaluation would give, and the model is back in train mode after."""
-    import torch
-
-    model = make_model(budget)
-    ctx = _one_process_ctx(model, budget)
-    unl = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
-    lab = model.collate(model.tokenize(budget.labeled.texts[:4]))
-    lab["labels"] = torch.as_tensor(budget.labeled.labels[:4])
-    seen = {}
-    for dropout in (True, False):
-        method = SelfTraining(target_dropout=dropout)
-        method.setup(ctx)
-        monkeypatch.setattr(method.th, "update", lambda probs, d=dropout: seen.setdefault(d, []).append(probs))
-        model.train()
-        method.loss({"labeled": lab, "unlabeled": unl}, ctx)
-        method.loss({"labeled": lab, "unlabeled": unl}, ctx)
-        assert model.training
+    seen = []
+    monkeypatch.setattr(method.threshold, "update", seen.append)
+    model.train()
+    method.loss({"labeled": lab, "unlabeled": unl}, ctx)
+    method.loss({"labeled": lab, "unlabeled": unl}, ctx)
+    assert model.training
     model.eval()
     with torch.no_grad():
         expected = torch.softmax(model(unl["input_ids"], unl["attention_mask"]), -1)
-    assert torch.equal(seen[False][0], seen[False][1]) and torch.allclose(seen[False][0], expected, atol=1e-5)
-    assert not torch.equal(seen[True][0], seen[True][1])  # dropout: two passes differ
+    assert torch.equal(seen[0], seen[1]) and torch.allclose(seen[0], expected, atol=1e-5)
 
 
 def test_grown_budget_moves_pseudo_labeled_rows(budget):
@@ -186,39 +139,3 @@ def test_grown_budget_moves_pseudo_labeled_rows(budget):
     assert [gold_of[i] for i in grown.unlabeled.idx.tolist()] == grown.unlabeled_gold.tolist()
     with pytest.raises(ValueError, match="not in the pool"):
         grown_budget(budget, pd.DataFrame({"idx": budget.labeled.idx[:1], "label": [budget.label_names[0]]}))
-
-
-@pytest.mark.parametrize("weighted", [False, True])
-def test_strong_view_leaves_rows_without_a_pseudo_label_out(budget, make_model, monkeypatch, weighted):
-    """With the strong view on one process, rows whose pseudo-label is none weigh 0, so the strong pass
-    skips them: the same term (mean over the whole unlabeled batch) as forwarding every row and masking."""
-    import torch
-    import torch.nn.functional as F
-
-    model = make_model(budget)
-    model.eval()  # no dropout: both computations see the same function
-    monkeypatch.setattr(self_training_module, "model_token_noise", lambda model, ids, attn, rate: (ids, attn))
-    forwarded = []
-    real_forward = model.forward
-    model.forward = lambda *a, **k: forwarded.append(k.get("input_ids", a[0] if a else None).shape[0]) \
-        or real_forward(*a, **k)
-    ctx = _one_process_ctx(model, budget)
-    unl = model.collate(model.tokenize(budget.unlabeled.texts[:8]))
-    lab = model.collate(model.tokenize(budget.labeled.texts[:4]))
-    lab["labels"] = torch.as_tensor(budget.labeled.labels[:4])
-    with torch.no_grad():
-        logits = real_forward(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"])
-    probs = torch.softmax(logits.float(), -1)
-    conf = probs.max(-1).values
-    ranked = conf.sort().values
-    cut = float(ranked[3] + ranked[4]) / 2  # half the rows pass a fixed threshold there, none close to it
-    method = SelfTraining(threshold="fixed", fixed_tau=cut, margin=0.0, unlabeled_weight=1.0, strong_noise=0.2,
-                          target_dropout=False, weight_by_confidence=weighted)
-    method.setup(ctx)
-    out = method.loss({"labeled": lab, "unlabeled": unl}, ctx)
-    kept = conf > cut
-    assert 0 < int(kept.sum()) < 8
-    assert forwarded == [4, 8, int(kept.sum())]  # labeled, weak view, then the strong view of the kept rows only
-    per = F.cross_entropy(logits, probs.argmax(-1), reduction="none") * kept * (conf if weighted else 1.0)
-    assert float(out["unsup"]) == pytest.approx(float(per.mean()), rel=1e-5)
-    assert float(out["mask_rate"]) == pytest.approx(float(kept.float().mean()))

@@ -1,4 +1,4 @@
-"""The adaptive-threshold rule of issue 3, on a hand-worked example and on random tensors."""
+"""The threshold rules, on a hand-worked example and on random tensors."""
 from __future__ import annotations
 
 import pytest

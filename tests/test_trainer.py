@@ -1,6 +1,8 @@
-"""The one training loop: determinism, resume, the run record, checkpoint reload, early stopping."""
+"""The one training loop: determinism, resume, the run record and its identity, checkpoint reload,
+early stopping, presets by name."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -10,11 +12,11 @@ import pytest
 import torch
 
 import sslkit
-from sslkit.backbone import embed, load_saved_backbone
+from sslkit.backbones import embed, load_saved_backbone
 from sslkit.losses import classification_loss, focal_loss
 from sslkit.methods import Supervised
-from sslkit.runs import load_runs
-from sslkit.trainer import LAST_STATE, fit
+from sslkit.runs import LAST_STATE, load_runs, run_config, run_identity
+from sslkit.trainer import RunOptions, TrainConfig, fit
 
 FAST = dict(epochs=2, batch_size=16, eval_batch_size=64, progress=False, log_every=1)
 
@@ -25,8 +27,10 @@ def budget():
     return sslkit.split_budget(data, labeled=0.5, seed=0)
 
 
-def _model(budget, **kw):
-    return sslkit.load_backbone("minilm", budget.num_classes, lora={"r": 4, "alpha": 8}, max_length=32, **kw)
+@pytest.fixture(scope="module")
+def _model(make_tiny_model):
+    """The mechanics need no pretrained weights: a tiny random encoder (seconds, not minutes)."""
+    return make_tiny_model
 
 
 # ----------------------------------------------------------------------------- losses
@@ -56,12 +60,14 @@ def test_focal_loss_reduces_to_cross_entropy_and_smoothing():
 
 
 # ----------------------------------------------------------------------------- fit
+@pytest.mark.pretrained
 @pytest.mark.parametrize("track_test", [False, True])
-def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, tmp_path, track_test):
+def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, tmp_path, track_test, make_model):
     """The final dev / test numbers are those of the best epoch's evaluation (reused, not scored
-    again): a reloaded checkpoint must reproduce them exactly, with or without per-epoch test scoring."""
+    again): a reloaded checkpoint of MiniLM must reproduce them exactly, with or without per-epoch
+    test scoring."""
     run_dir = tmp_path / "run"
-    result = fit(_model(budget), budget, Supervised(), run_dir=str(run_dir), track_test=track_test, **FAST)
+    result = fit(make_model(budget), budget, Supervised(), run_dir=str(run_dir), track_test=track_test, **FAST)
     for name in ("config.json", "metrics.jsonl", "summary.json", "predictions.csv", "checkpoint"):
         assert (run_dir / name).exists(), name
     assert not (run_dir / LAST_STATE).exists()  # finished runs drop their epoch checkpoint
@@ -91,7 +97,7 @@ def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, t
         assert best["test_accuracy"] == summary["test"]["accuracy"]
 
 
-def test_same_seed_same_metrics_other_seed_differs(budget, tmp_path):
+def test_same_seed_same_metrics_other_seed_differs(budget, tmp_path, _model):
     a = fit(_model(budget), budget, run_dir=str(tmp_path / "a"), **FAST)
     b = fit(_model(budget), budget, run_dir=str(tmp_path / "b"), **FAST)
     assert a.summary["dev"] == b.summary["dev"] and a.summary["test"] == b.summary["test"]
@@ -115,7 +121,7 @@ class _StopsInEpoch2(Supervised):
             raise Interrupted("simulated crash")
 
 
-def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(budget, tmp_path):
+def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(budget, tmp_path, _model):
     full = fit(_model(budget), budget, run_dir=str(tmp_path / "full"), **FAST)
 
     run_dir = tmp_path / "resumed"
@@ -131,7 +137,7 @@ def test_resume_from_epoch_checkpoint_matches_uninterrupted_run(budget, tmp_path
     assert resumed.history["dev_macro_f1"].dropna().tolist() == full.history["dev_macro_f1"].dropna().tolist()
 
 
-def test_short_epochs_skip_the_checkpoint_and_a_crash_retrains(budget, tmp_path):
+def test_short_epochs_skip_the_checkpoint_and_a_crash_retrains(budget, tmp_path, _model):
     """Epochs shorter than resume_every (default 30 s) write no epoch checkpoint: a crashed run starts
     again from scratch, to the same result (resume_every is bookkeeping, not part of the run id)."""
     full = fit(_model(budget), budget, run_dir=str(tmp_path / "full"), **FAST)
@@ -143,7 +149,7 @@ def test_short_epochs_skip_the_checkpoint_and_a_crash_retrains(budget, tmp_path)
     assert again.summary["test"] == full.summary["test"] and again.run_id == full.run_id
 
 
-def test_focal_and_early_stopping_options(budget, tmp_path):
+def test_focal_and_early_stopping_options(budget, tmp_path, _model):
     res = fit(_model(budget), budget, run_dir=str(tmp_path / "f"),
               **{**FAST, "epochs": 4, "focal_gamma": 2.0, "label_smoothing": 0.1, "early_stopping": 1,
                  "lr": 0.0, "head_lr": 0.0, "warmup_ratio": 0.0})
@@ -154,12 +160,12 @@ def test_focal_and_early_stopping_options(budget, tmp_path):
     assert cfg["train"]["focal_gamma"] == 2.0
 
 
-def test_unknown_option_is_refused(budget):
+def test_unknown_option_is_refused(budget, _model):
     with pytest.raises(TypeError, match="unknown training options"):
         fit(_model(budget), budget, epocs=3)
 
 
-def test_load_runs_reads_summaries(budget, tmp_path, monkeypatch):
+def test_load_runs_reads_summaries(budget, tmp_path, monkeypatch, _model):
     monkeypatch.setenv("SSLKIT_REPORTS", str(tmp_path))
     res = fit(_model(budget), budget, **{**FAST, "epochs": 1, "save_checkpoint": False})
     assert res.run_dir.parent == tmp_path / "runs"
@@ -170,35 +176,57 @@ def test_load_runs_reads_summaries(budget, tmp_path, monkeypatch):
     assert row["method"] == "supervised" and row["dataset"] == budget.dataset
 
 
-def test_an_int_given_to_a_float_option_is_the_same_configuration(budget):
-    """1 and 1.0 are one setting: the run id (a hash of the configuration) must not tell them apart,
-    or a notebook passing 1.0 retrains a finished run started with 1."""
-    from sslkit.methods import MeanTeacher, SelfTraining
-    from sslkit.runs import config_hash
-    from sslkit.trainer import TrainConfig, run_config
+def _identity(model, budget, method=None, config=None, **kw) -> str:
+    return run_identity(run_config(model, budget, method or Supervised(), config or TrainConfig(), **kw))
 
-    model = sslkit.load_backbone("minilm", budget.num_classes, lora=False)
-    same = [(SelfTraining(unlabeled_weight=1), SelfTraining(unlabeled_weight=1.0), TrainConfig(lr=1), TrainConfig(lr=1.0)),
+
+def test_an_int_given_to_a_float_option_is_the_same_configuration(budget, _model):
+    """1 and 1.0 are one setting: the run id must not tell them apart, or a notebook passing 1.0
+    retrains a finished run started with 1."""
+    from sslkit.methods import FixMatch, MeanTeacher
+
+    model = _model(budget)
+    same = [(FixMatch(weight=1), FixMatch(weight=1.0), TrainConfig(lr=1), TrainConfig(lr=1.0)),
             (MeanTeacher(max_weight=5), MeanTeacher(max_weight=5.0), TrainConfig(epochs=2), TrainConfig(epochs=2))]
     for m1, m2, c1, c2 in same:
-        assert config_hash(run_config(model, budget, m1, c1)) == config_hash(run_config(model, budget, m2, c2))
-    assert SelfTraining(unlabeled_weight=1).config()["unlabeled_weight"] == 1.0
-    assert isinstance(SelfTraining(first_round=1).config()["first_round"], int)  # int fields stay ints
-    assert config_hash(run_config(model, budget, SelfTraining(unlabeled_weight=1), TrainConfig())) != \
-        config_hash(run_config(model, budget, SelfTraining(unlabeled_weight=2), TrainConfig()))
+        assert _identity(model, budget, m1, c1) == _identity(model, budget, m2, c2)
+    assert FixMatch(weight=1).config()["weight"] == 1.0
+    assert isinstance(FixMatch(mu=2).config()["mu"], int)  # int fields stay ints
+    assert _identity(model, budget, FixMatch(weight=1)) != _identity(model, budget, FixMatch(weight=2))
 
 
-def test_bookkeeping_options_and_an_unset_later_option_leave_the_run_id_alone(budget):
-    """resume_every is bookkeeping; fused_optimizer (added after runs were recorded) enters the run
-    config only when set, so records made before it stay reusable, and setting it is a new run."""
-    from sslkit.runs import config_hash
-    from sslkit.trainer import TrainConfig, run_config
+def test_every_setting_that_changes_results_changes_the_identity_and_bookkeeping_does_not(budget, _model,
+                                                                                         monkeypatch):
+    """Each TrainConfig field, the method's knobs (the threshold rule's too), the device, the
+    precision and the record version enter the hash; RunOptions never do."""
+    import sslkit.runs
+    from sslkit.methods import FixMatch
+    from sslkit.thresholds import FixedThreshold
 
-    model = sslkit.load_backbone("minilm", budget.num_classes, lora=False)
+    model = _model(budget)
+    base = _identity(model, budget)
+    changed = {"epochs": 7, "batch_size": 8, "group_by_length": 0, "lr": 1e-3, "head_lr": 1e-2,
+               "weight_decay": 0.1, "warmup_ratio": 0.2, "scheduler": "linear", "max_grad_norm": 0.5,
+               "fused_optimizer": True, "label_smoothing": 0.1, "focal_gamma": 1.0, "early_stopping": 2,
+               "seed": 3, "steps_per_epoch": 5}
+    assert set(changed) | {"mixed_precision"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, value in changed.items():
+        assert _identity(model, budget, config=TrainConfig(**{name: value})) != base, name
+    assert _identity(model, budget, precision="bf16") != base
+    assert _identity(model, budget, device="cuda") != base
+    assert _identity(model, budget, FixMatch()) != _identity(model, budget, FixMatch(threshold=FixedThreshold()))
+    monkeypatch.setattr(sslkit.runs, "RECORD_VERSION", sslkit.runs.RECORD_VERSION + 1)
+    assert _identity(model, budget) != base
+    # bookkeeping is not part of run_config at all
+    assert not {f.name for f in dataclasses.fields(RunOptions)} & set(run_config(
+        model, budget, Supervised(), TrainConfig())["train"])
 
-    def run_id(**kw):
-        return config_hash(run_config(model, budget, Supervised(), TrainConfig(**kw)))
 
-    assert run_id() == run_id(resume_every=0) == run_id(fused_optimizer=False)
-    assert "fused_optimizer" not in run_config(model, budget, Supervised(), TrainConfig())["train"]
-    assert run_id(fused_optimizer=True) != run_id()
+def test_a_preset_by_name_brings_its_training_settings(budget, tmp_path, _model):
+    res = fit(_model(budget), budget, "focal", run_dir=str(tmp_path / "p"), **{**FAST, "epochs": 1})
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["train"]["focal_gamma"] == 2.0 and cfg["label"] == "focal"
+    assert res.summary["method"] == "focal" and res.summary["algorithm"] == "supervised"
+    assert res.run_id.startswith(f"{budget.dataset}-0.5-focal-s0-")
+    with pytest.raises(ValueError, match="unknown preset 'fixmach'"):
+        fit(_model(budget), budget, "fixmach")

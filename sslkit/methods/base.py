@@ -1,7 +1,7 @@
 """The Method protocol: what a training step computes and what happens between epochs.
 
-The trainer (sslkit.trainer.fit) owns devices, optimisation, evaluation, checkpoints and records;
-a method only sees a ``batch`` and a ``ctx`` (see :class:`sslkit.trainer.Context`).
+The trainer (:func:`sslkit.trainer.fit`) owns devices, optimisation, evaluation, checkpoints and
+records; a method only sees a ``batch`` and a ``ctx`` (:class:`sslkit.context.Context`).
 
 ``batch["labeled"]`` holds ``input_ids``, ``attention_mask``, ``labels`` and ``idx`` (the global
 example index, stable under shuffling and across processes); ``batch["unlabeled"]`` holds the same
@@ -21,7 +21,7 @@ from ..runs import dataclass_values
 def clean_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, params: dict | None = None) -> torch.Tensor:
     """Logits of a pass without dropout and without gradient (a target's or a weak view's pass):
     eval mode, and for the model's own weights the LoRA updates folded in
-    (:meth:`~sslkit.backbone.Backbone.merged_lora`, ~1.7x the texts per second on CPU); ``params``
+    (:meth:`~sslkit.backbones.Backbone.merged_lora`, ~1.7x the texts per second on CPU); ``params``
     runs the model with those trainable tensors instead (a mean teacher). The model goes back to
     the mode it was in."""
     from torch.func import functional_call
@@ -57,6 +57,8 @@ class Method:
 
     name = "method"
     uses_unlabeled = False
+    #: unlabeled texts per labeled one in a step (FixMatch's mu); the trainer sizes the pool's batches by it
+    mu = 1
 
     def configure_model(self, model: Any) -> None:
         """Called once before the optimiser is built: attach trainable submodules the method needs
@@ -68,6 +70,15 @@ class Method:
     def loss(self, batch: dict, ctx: Any) -> dict[str, torch.Tensor]:
         """Return {"loss": total, ...parts}; every part is logged."""
         raise NotImplementedError
+
+    @staticmethod
+    def supervised_step(batch: dict, ctx: Any) -> dict[str, torch.Tensor]:
+        """The labeled part alone, L = ctx.sup_loss(f(x_l), y): the baseline's step, and every
+        semi-supervised method's step while its unlabeled term weighs 0 (a warm-up)."""
+        lab = batch["labeled"]
+        logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
+        sup = ctx.sup_loss(logits, lab["labels"])
+        return {"loss": sup, "sup": sup.detach()}
 
     def after_step(self, ctx: Any) -> None:
         """Called after each optimiser step (e.g. EMA update, threshold update)."""
@@ -95,9 +106,9 @@ class Method:
         """Restore what :meth:`state_dict` returned."""
 
     def config(self) -> dict:
-        """The method's knobs, recorded in config.json."""
-        return {"name": self.name, **dataclass_values(self)} if is_dataclass(self) else {"name": self.name}
-
-
-
-
+        """The method's knobs, recorded in config.json (a knob that is itself configurable, such as
+        a threshold rule, records its own ``config()``)."""
+        if not is_dataclass(self):
+            return {"name": self.name}
+        knobs = {k: v.config() if hasattr(v, "config") else v for k, v in dataclass_values(self).items()}
+        return {"name": self.name, **knobs}

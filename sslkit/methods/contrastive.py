@@ -1,4 +1,4 @@
-"""Supervised contrastive fine-tuning (issue 5): classification loss + weight * contrastive loss.
+"""Supervised contrastive fine-tuning: classification loss + weight * contrastive loss.
 
     L = L_cls(f(x), y) + w * L_con(g(h(x)), y)
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from ..backbone import POOLERS
+from ..backbones import POOLERS
 from ..losses import focal_contrastive_loss, margin_contrastive_loss, supcon_loss
 from ..sampling import pk_batches
 from .base import Method
@@ -41,7 +41,7 @@ LOSSES = ("simple", "focal", "margin")
 
 
 def transformer_blocks(model) -> nn.ModuleList:
-    """The list of transformer blocks of a :class:`~sslkit.backbone.Backbone`'s encoder (BERT:
+    """The list of transformer blocks of a :class:`~sslkit.backbones.Backbone`'s encoder (BERT:
     ``encoder.layer``, Qwen/Llama: ``layers``), peft-wrapped or not."""
     encoder = model.encoder
     base = encoder.get_base_model() if hasattr(encoder, "get_base_model") else encoder
@@ -86,7 +86,7 @@ class Contrastive(Method):
                  gamma: float = 2.0, margin: float = 0.2, k: int = 4, layer: int | None = None,
                  projection: int | None = None, pseudo_positives: bool = False,
                  pseudo_threshold: float = 0.95):
-        # the knob is called ``loss`` (issue 5) but ``loss`` is also the Method's step function,
+        # the knob is called ``loss`` (its name in the literature) but ``loss`` is also the Method's step function,
         # so it is stored as ``objective`` and recorded as "loss" in config()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")

@@ -16,7 +16,4 @@ class Supervised(Method):
     uses_unlabeled = False
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
-        lab = batch["labeled"]
-        logits = ctx.model(input_ids=lab["input_ids"], attention_mask=lab["attention_mask"])
-        sup = ctx.sup_loss(logits, lab["labels"])
-        return {"loss": sup, "sup": sup.detach()}
+        return self.supervised_step(batch, ctx)

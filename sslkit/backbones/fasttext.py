@@ -20,7 +20,7 @@ n-grams need no word segmentation, so Chinese works as is.
 * The n-gram ids of a text are ordered by position (``unique=True`` keeps the first occurrence
   of each id, a binary bag) and cut at ``max_length`` ids, so long texts keep their beginning.
 
-The returned module has the interface of :class:`sslkit.backbone.Backbone` (``features``,
+The returned module has the interface of :class:`sslkit.backbones.Backbone` (``features``,
 ``forward(..., inputs_embeds=)``, ``tokenize``, ``collate``, prototype heads, ``save``), so every
 method runs on it unchanged; its "tokenizer" is just the hashing options, saved in the json.
 """
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import SAVE_CONFIG, Backbone, BackboneInfo, CosineHead, masked_mean_pool
+from .base import SAVE_CONFIG, Backbone, BackboneInfo, build_head, masked_mean_pool
 
 __all__ = ["PRESETS", "TRAIN_DEFAULTS", "FastTextBackbone", "NgramHasher", "is_fasttext", "load_fasttext",
            "load_preset", "load_saved_fasttext", "train_defaults_for"]
@@ -57,20 +57,16 @@ TRAIN_DEFAULTS: dict = {
     "weight_decay": 0.0,
     "warmup_ratio": 0.05,
     "max_grad_norm": 0.0,
-    # the whole AdamW update in one fused kernel: with a dense 2^16 x 64 table the per-tensor update
-    # (sqrt, lerp, addcdiv, ... over 4.2M parameters) took 27 of 44 ms of a TE step, fused 4
+    # the whole AdamW update in one fused kernel: over a dense table of millions of parameters the
+    # per-tensor update (sqrt, lerp, addcdiv, ...) would otherwise cost more than the forward and backward
     "fused_optimizer": True,
-    "init_head": "prototypes",
-    # plain shuffled batches, as its accuracies were measured (README); a pooled mean of n-gram rows
-    # costs little per padded id, so batches of similar lengths buy FastText little speed
-    "group_by_length": 0,
 }
 
 #: Named configurations, usable wherever a backbone name goes (``load_backbone("fasttext-zh")``,
 #: ``-p backbone fasttext-zh``): (load_fasttext options, fit() keyword overrides).
 #: "fasttext-zh": text without word segmentation (Chinese), short or long: character 1-2-grams of the
 #: whole text (up to 8192 ids), no word n-grams, 2**18 buckets with one hash each, the table started
-#: from LSA of the training texts, weight decay 0.1 -- measured on thucnews and ecdt (README, issue 7).
+#: from LSA of the training texts, weight decay 0.1 (chosen on thucnews and ecdt).
 PRESETS: dict[str, tuple[dict, dict]] = {
     "fasttext": ({}, {}),
     "fasttext-zh": (dict(char_ngrams=(1, 2), word_ngrams=None, buckets=2**18, num_hashes=1, max_length=8192,
@@ -461,14 +457,6 @@ class FastTextBackbone(Backbone):
         return self._write_config(directory, label_names)
 
 
-def _make_head(head: str, dim: int, num_labels: int, scale: float) -> nn.Module:
-    if head == "cosine":
-        return CosineHead(dim, num_labels, scale)
-    if head == "linear":
-        return nn.Linear(dim, num_labels)
-    raise ValueError(f"head must be 'cosine' or 'linear', got {head!r}")
-
-
 def load_fasttext(
     num_labels: int,
     *,
@@ -513,7 +501,7 @@ def load_fasttext(
                "ngram_dropout": float(ngram_dropout), "init_scale": init_scale, "weighting": weighting,
                "init": init, "lsa_norm": float(lsa_norm)},
     )
-    return FastTextBackbone(hasher, int(dim), float(dropout), _make_head(head, int(dim), num_labels, scale),
+    return FastTextBackbone(hasher, int(dim), float(dropout), build_head(head, int(dim), num_labels, scale),
                             info, float(ngram_dropout), init_scale, weighting, init, lsa_norm, int(seed or 0))
 
 
@@ -528,11 +516,10 @@ def load_saved_fasttext(directory: str | Path) -> FastTextBackbone:
     info = BackboneInfo(**json.loads(cfg_file.read_text()))
     if info.kind != "fasttext":
         raise ValueError(f"{directory}: a {info.kind!r} backbone, not 'fasttext'")
+    options = {k: v for k, v in info.extra.items() if k != "fast_dropout"}  # the loader's own switch
     model = load_fasttext(info.num_labels, head=info.head, scale=info.scale,
-                          max_length=info.max_length, seed=None, **info.extra)
-    state = load_file(str(directory / WEIGHTS_FILE))
-    state.setdefault("ngram_weight", torch.ones(model.tokenizer.vocab_size))  # saved before weighting existed
-    model.load_state_dict(state)
+                          max_length=info.max_length, seed=None, **options)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     model.info = info
     model.eval()
     return model

@@ -5,7 +5,7 @@
 * the temporal-ensemble target with start-up bias correction, Z / (1 - alpha^t);
 * the mean-teacher EMA decay schedule and the in-place EMA update of a state dict.
 
-Re-exported from :mod:`sslkit.losses`.
+The methods that use it live in :mod:`sslkit.methods`.
 """
 from __future__ import annotations
 

@@ -1,0 +1,83 @@
+"""FixMatch for text (Sohn et al. 2020): pseudo-labels from the text as is, the loss on a noised copy.
+
+Per step, with B labeled and mu * B unlabeled texts u_i:
+
+    q_i = softmax f(u_i)                  (weak view: the text as is, no dropout, no gradient)
+    y_i = the threshold rule's label of q_i, or none (-1)
+    L   = CE(f(x_l), y) + weight * 1/(mu B) * sum_i [y_i >= 0] CE(f(A(u_i)), y_i)
+
+where A is the strong view: token deletion / swap / [MASK] replacement at rate ``strong_noise``
+(:func:`sslkit.augment.token_noise`), the text counterpart of FixMatch's RandAugment. The threshold
+is any rule of :mod:`sslkit.thresholds`: the adaptive rule with its margin (default; FreeMatch-style
+self-adaptive thresholds, Wang et al. 2023), a fixed confidence (FixMatch's own), or FreeMatch's
+start. On one process, texts without a label are left out of the strong pass (their term is 0), so
+only the texts that count are forwarded.
+
+``warmup_epochs``: epochs of the supervised loss alone before the unlabeled term starts (the
+model's first predictions are poor pseudo-labels for a fixed threshold). ``top_k``: after each
+epoch, also move that share of each class's accepted pool texts into the labeled set, as
+:class:`~sslkit.methods.self_training.SelfTraining` does (None: no rounds).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import model_token_noise
+from ..thresholds import AdaptiveThreshold
+from .base import Method, take_rows
+from .self_training import observe, pseudo_label_round, setup_threshold, weak_probs
+
+
+@dataclass
+class FixMatch(Method):
+    threshold: AdaptiveThreshold = field(default_factory=AdaptiveThreshold)
+    mu: int = 3                   # unlabeled texts per labeled one in a step
+    strong_noise: float = 0.2     # token-noise rate of the strong view
+    weight: float = 1.0           # lambda_u
+    warmup_epochs: int = 0        # supervised-only epochs before the unlabeled term
+    top_k: float | None = None    # pseudo-label rounds after each epoch (None: none)
+
+    name = "fixmatch"
+    uses_unlabeled = True
+
+    def setup(self, ctx) -> None:
+        setup_threshold(ctx, self.threshold)
+
+    def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
+        out = self.supervised_step(batch, ctx)
+        unl = batch["unlabeled"]
+        if unl is None or ctx.epoch <= self.warmup_epochs:
+            return out
+        probs = weak_probs(ctx, unl)
+        if self.threshold.adapts:
+            observe(ctx, self.threshold, probs)
+        labels, _ = self.threshold.pseudo_labels(probs)
+        unsup = self.strong_view_loss(ctx, unl, labels)
+        return {**out, "loss": out["loss"] + self.weight * unsup, "unsup": unsup.detach(),
+                "mask_rate": (labels >= 0).float().mean()}
+
+    def strong_view_loss(self, ctx, unl: dict, labels: torch.Tensor) -> torch.Tensor:
+        """1/n sum_i [y_i >= 0] CE(f(A(u_i)), y_i) over the n unlabeled rows. Several processes keep
+        every row in the pass (DDP takes the same graph on each), masked instead."""
+        rows = labels >= 0 if ctx.accelerator.num_processes == 1 else torch.ones_like(labels, dtype=torch.bool)
+        part = take_rows(unl, rows)
+        if part is None:
+            return labels.new_zeros((), dtype=torch.float32)
+        ids, mask = model_token_noise(ctx.unwrapped_model, part["input_ids"], part["attention_mask"],
+                                      self.strong_noise)
+        logits = ctx.model(input_ids=ids, attention_mask=mask)
+        kept = labels[rows]
+        per = F.cross_entropy(logits.float(), kept.clamp(min=0), reduction="none") * (kept >= 0).float()
+        return per.sum() / labels.shape[0]
+
+    def after_epoch(self, ctx) -> dict:
+        return {} if self.top_k is None else pseudo_label_round(ctx, self.threshold, self.top_k)
+
+    def state_dict(self) -> dict:
+        return {"threshold": self.threshold.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.threshold.load_state_dict(state["threshold"])
