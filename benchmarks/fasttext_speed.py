@@ -1,6 +1,6 @@
 """FastText backbone speed: one training epoch over all of banking77's train set, and inference.
 
-Trains one epoch through ``sslkit.fit`` with :data:`sslkit.fasttext.TRAIN_DEFAULTS` on the
+Trains one epoch through ``sslkit.fit`` with :data:`sslkit.backbones.fasttext.TRAIN_DEFAULTS` on the
 labeled=1.0 budget (9,003 texts; an epoch is ceil(n / batch_size) optimiser steps) and prints the
 trainer's epoch seconds and train samples/s, then inference samples/s on the test split: cold
 (hashing + forward) and warm (n-gram ids cached, forward only).
@@ -17,9 +17,9 @@ import time
 import torch
 
 import sslkit
-from sslkit import fasttext
-from sslkit.fasttext import TRAIN_DEFAULTS, load_fasttext
-from sslkit.trainer import predict_logits
+from sslkit.backbones import fasttext
+from sslkit.backbones.fasttext import TRAIN_DEFAULTS, load_fasttext
+from sslkit.inference import predict_logits
 
 
 def main() -> None:

@@ -10,12 +10,10 @@ What the notebooks import::
 """
 from __future__ import annotations
 
-import os
-
-__version__ = "0.1.0"
+from ._version import __version__, smoke_mode  # noqa: F401 - __version__: the package's
 
 #: True when $SSLKIT_SMOKE=1: notebooks shrink data and epochs so CI can run them end to end.
-SMOKE: bool = os.environ.get("SSLKIT_SMOKE", "0") not in ("", "0", "false", "False")
+SMOKE: bool = smoke_mode()
 
 from . import methods  # noqa: E402
 from .backbones import fasttext  # noqa: E402

@@ -211,8 +211,9 @@ def run_notebook(
     error: BaseException | None = None
     started = time.perf_counter()
     try:
+        # progress: the training bars go to this process's terminal, not into the executed notebook
         with _environ(SSLKIT_NOTEBOOK=stem, SSLKIT_REPORTS=str(out_dir),
-                      SSLKIT_PROGRESS="1" if progress else "0"):
+                      SSLKIT_PROGRESS="terminal" if progress else "0"):
             papermill.execute_notebook(
                 str(source), str(executed), parameters=params, kernel_name=kernel,
                 language="python", cwd=str(source.parent.parent), progress_bar=progress, log_output=log_output,
@@ -245,13 +246,15 @@ def run_book(
     stop_on_error: bool = True,
     kernel: str = "sslkit",
     notebooks_dir: str | os.PathLike = "notebooks",
+    quiet: bool = False,
 ) -> list[Path]:
     """Run the book's notebooks in order (default: every :data:`BOOK` notebook present in
     ``notebooks_dir``), then :func:`build_index`. ``parameters`` go to every notebook.
 
     A failing notebook stops the book (after the index is rebuilt) and re-raises; with
     ``stop_on_error=False`` the others still run and a :class:`BookError` lists the failures.
-    Returns the HTML pages written.
+    Returns the HTML pages written. Unless ``quiet``, one line per finished notebook (time and
+    headline result, :func:`notebook_line`); ``progress`` adds the training bars.
     """
     if notebooks is None:
         paths = book_notebooks(notebooks_dir)
@@ -266,6 +269,8 @@ def run_book(
         for path in paths:
             try:
                 pages.append(run_notebook(path, parameters, reports, kernel=kernel, progress=progress))
+                if not quiet:
+                    print(notebook_line(Path(path).stem, reports), flush=True)
             except Exception as err:
                 page = reports_dir(reports).resolve() / f"{Path(path).stem}.html"
                 if page.is_file():
@@ -278,3 +283,23 @@ def run_book(
     if failed:
         raise BookError(failed, pages)
     return pages
+
+
+def notebook_line(stem: str, reports: str | os.PathLike | None = None) -> str:
+    """One line about a finished notebook: its time and its headline result, the best test accuracy
+    among the run records it wrote (``02_self_training  1.8 min  best: fixmatch 88.12% test accuracy``)."""
+    from .runs import load_runs
+
+    out_dir = reports_dir(reports)
+    timing = read_timings(out_dir).get(stem, {})
+    minutes = f"{timing['seconds'] / 60:.1f} min" if timing.get("seconds") is not None else "?"
+    state = "" if timing.get("ok", True) else f"  FAILED: {timing.get('error')}"
+    runs = load_runs(out_dir)
+    if len(runs):  # the trained runs, not the frozen-embedding references beside them
+        runs = runs[(runs["notebook"] == stem) & runs["test.accuracy"].notna() & (runs["method"] != "frozen-logreg")]
+    mine = runs
+    best = ""
+    if len(mine):
+        top = mine.loc[mine["test.accuracy"].astype(float).idxmax()]
+        best = f"  best: {top['method']} {float(top['test.accuracy']):.2%} test accuracy"
+    return f"{stem:<22}{minutes:>9}{best}{state}"

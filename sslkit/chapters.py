@@ -10,7 +10,7 @@ a few lines per step and a computed conclusion::
     print(clock)                                        # "elapsed: 3 min 12 s"
 
 The set-up prose is generated from the parameters (:func:`setup_text`, :func:`budget_text`,
-:func:`methods_text`), so a notebook run with ``-p`` never says something else than it did. Nothing
+:func:`methods_text`), so a notebook run with ``-p`` never contradicts its own text. Nothing
 here trains a model; :func:`load_budget` reads a data set, :func:`seed_table` reads run records.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ _STARTED = time.perf_counter()  # the import of sslkit: the notebook's parameter
 def _smoke(smoke: bool | None) -> bool:
     if smoke is not None:
         return bool(smoke)
-    from . import SMOKE  # read at call time (tests switch it)
+    from ._version import smoke_mode  # read at call time: a test or a kernel may set it later
 
-    return bool(SMOKE)
+    return smoke_mode()
 
 
 # --------------------------------------------------------------------------- data
@@ -80,7 +80,7 @@ def budget_phrase(labeled: float | None = 0.1, per_class: int | None = None) -> 
 
 def training_text(backbone: str, train: Mapping[str, Any]) -> str:
     """The backbone and the fit() settings in one sentence (from ``sslkit.train_defaults(...)``)."""
-    from . import LoraSettings, fasttext  # the top-level names (the backbone modules move)
+    from .backbones import LoraSettings, fasttext
 
     if fasttext.is_fasttext(backbone):
         model = f"`{backbone}` (hashed n-grams, trained from scratch)"
@@ -177,8 +177,10 @@ def model_text(model) -> str:
 def budget_text(budget) -> str:
     """What the budget hands over, counted: labeled texts (per class), the pool, dev and test."""
     d = budget.describe()
-    return (f"**The budget.** {d['n_labeled']:,} labeled texts ({d['min_labeled_per_class']}–"
-            f"{d['max_labeled_per_class']} per class, {d['num_classes']} classes) and {d['n_unlabeled']:,} "
+    low, high = d["min_labeled_per_class"], d["max_labeled_per_class"]
+    per = f"{low}" if low == high else f"{low}–{high}"
+    return (f"**The budget.** {d['n_labeled']:,} labeled texts ({per} per class, {d['num_classes']} classes) and "
+            f"{d['n_unlabeled']:,} "
             f"unlabeled ones; {d['n_dev']:,} dev and {d['n_test']:,} test texts.")
 
 
@@ -277,6 +279,11 @@ def _points(x: float) -> str:
     return f"{100 * x:+.2f} points"
 
 
+def _column_label(column: str) -> str:
+    """"dev_macro_f1" -> "dev macro-F1"."""
+    return column.replace("macro_f1", "macro-F1").replace("_", " ")
+
+
 def takeaway(table: pd.DataFrame, baseline: str = "supervised", metric: str = "accuracy",
              choose_by: str | None = None, seeds: pd.DataFrame | None = None, among: Sequence[str] | None = None
              ) -> str:
@@ -284,7 +291,7 @@ def takeaway(table: pd.DataFrame, baseline: str = "supervised", metric: str = "a
     test ``metric`` (or was chosen by ``choose_by``, e.g. ``"dev_macro_f1"``, among ``among`` rows),
     by how much against ``baseline``, at which seed(s); with a :func:`seed_table`, also the mean
     change over the seeds both have on record."""
-    label = metric.replace("_", "-").replace("macro-f1", "macro-F1")
+    label = _column_label(metric)
     if not len(table):
         return "Takeaway: nothing was run."
     seeds_run = sorted({int(s) for s in table.get("seed", pd.Series(dtype=float)).dropna()})
@@ -305,14 +312,14 @@ def takeaway(table: pd.DataFrame, baseline: str = "supervised", metric: str = "a
     best = candidates[choose_by or metric].idxmax()
     value = table.loc[best, metric]
     delta = value - base
-    how = f", chosen by {choose_by.replace('_', ' ')}," if choose_by else ""
+    name = f"{best} (chosen by {_column_label(choose_by)})" if choose_by else best
     if delta > 0:
-        text = (f"Takeaway: {best}{how} beats {baseline}: {_pct(value)} test {label} against {_pct(base)} "
+        text = (f"Takeaway: {name} beats {baseline}: {_pct(value)} test {label} against {_pct(base)} "
                 f"({_points(delta)}, {at}")
     else:
-        text = (f"Takeaway: no method beats {baseline} here; the best{how} {best}, reaches {_pct(value)} "
+        text = (f"Takeaway: no method beats {baseline} here; the best, {name}, reaches {_pct(value)} "
                 f"test {label} against {_pct(base)} ({_points(delta)}, {at}")
-    text += f", {len(candidates)} method{'s' if len(candidates) != 1 else ''} against the baseline)."
+    text += "; the only method run beside it)." if len(candidates) == 1 else f"; the best of {len(candidates)} methods)."
     n_pseudo = table.loc[best].get("n_pseudo")
     if n_pseudo is not None and not pd.isna(n_pseudo) and n_pseudo > 0:
         precision = table.loc[best].get("precision")

@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["main", "predict_file", "build_parser"]
 
@@ -70,6 +70,27 @@ def _write_table(frame, records: list[dict] | None, output: Path) -> None:
         raise ValueError(f"{output}: unsupported output type '{output.suffix}'")
 
 
+def _original_rows(file: Path, frame: Any) -> tuple[Any, list[dict] | None]:
+    """The rows to write, in the file's own values (strings for CSV/TSV, typed cells for XLSX,
+    the original objects for JSONL), so the output differs from the input only by the new columns."""
+    import pandas as pd
+
+    records: list[dict] | None = None
+    ext = file.suffix.lower()
+    if ext == ".xlsx":
+        typed = pd.read_excel(file, sheet_name=0, engine="openpyxl")
+        typed.columns = [str(c).strip() for c in typed.columns]
+        if len(typed) == len(frame) and list(typed.columns) == list(frame.columns):
+            frame = typed
+    elif ext == ".jsonl":
+        from .data import decode_text
+
+        records = [json.loads(line) for line in decode_text(file).splitlines() if line.strip()]
+        if len(records) != len(frame):  # pragma: no cover - same parse as read_table
+            records = None
+    return frame, records
+
+
 def predict_file(
     run_dir: str | os.PathLike,
     file: str | os.PathLike,
@@ -86,7 +107,6 @@ def predict_file(
     never overwritten. ``device``: default CUDA when available, else CPU. Returns the output path.
     """
     import numpy as np
-    import pandas as pd
     import torch
 
     from .backbones import load_saved_backbone
@@ -112,23 +132,7 @@ def predict_file(
         more = f" ({len(empty)} such rows in all)" if len(empty) > 1 else ""
         raise DataError(f"{table.where(empty[0], text_col)}: the text is empty{more}")
 
-    # The rows to write: keep the file's own values (strings for CSV/TSV, typed cells for XLSX,
-    # the original objects for JSONL) so the output differs from the input only by the new columns.
-    records: list[dict] | None = None
-    frame = table.frame
-    ext = file.suffix.lower()
-    if ext == ".xlsx":
-        typed = pd.read_excel(file, sheet_name=0, engine="openpyxl")
-        typed.columns = [str(c).strip() for c in typed.columns]
-        if len(typed) == len(frame) and list(typed.columns) == list(frame.columns):
-            frame = typed
-    elif ext == ".jsonl":
-        from .data import decode_text
-
-        records = [json.loads(line) for line in decode_text(file).splitlines() if line.strip()]
-        if len(records) != len(frame):  # pragma: no cover - same parse as read_table
-            records = None
-
+    frame, records = _original_rows(file, table.frame)
     model = load_saved_backbone(ckpt)
     names = list(model.info.label_names or [str(i) for i in range(model.num_labels)])
     if len(names) != model.num_labels:
@@ -168,16 +172,23 @@ def _parameters(pairs: list[list[str]] | None) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .book import build_index, resolve_notebook, run_notebook
+    from .book import build_index, notebook_line, resolve_notebook, run_notebook
 
     notebook = resolve_notebook(args.notebook, args.notebooks_dir)
     try:
         page = run_notebook(notebook, _parameters(args.param), args.reports, kernel=args.kernel,
-                            progress=args.progress)
+                            progress=_show_progress(args))
     finally:
         build_index(args.reports)
+    if not args.quiet:
+        print(notebook_line(notebook.stem, args.reports))
     print(page)
     return 0
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Bars by default on a terminal; --quiet (or output that is not a terminal) turns them off."""
+    return args.progress or (not args.quiet and sys.stderr.isatty())
 
 
 def _cmd_book(args: argparse.Namespace) -> int:
@@ -192,9 +203,9 @@ def _cmd_book(args: argparse.Namespace) -> int:
             raise ValueError(f"--only: {', '.join(unknown)} not in the book's notebooks under "
                              f"{args.notebooks_dir} ({', '.join(available) or 'none'})")
         notebooks = [available[s] for s in sorted(stems, key=BOOK.index)]
-    pages = run_book(notebooks, args.reports, _parameters(args.param), progress=args.progress,
+    pages = run_book(notebooks, args.reports, _parameters(args.param), progress=_show_progress(args),
                      stop_on_error=not args.keep_going, kernel=args.kernel,
-                     notebooks_dir=args.notebooks_dir)
+                     notebooks_dir=args.notebooks_dir, quiet=args.quiet)
     for page in pages:
         print(page)
     from .runs import reports_dir
@@ -331,7 +342,10 @@ def _add_book_options(p: argparse.ArgumentParser) -> None:
                    help="reports folder (default $SSLKIT_REPORTS or ./reports)")
     p.add_argument("--notebooks-dir", default="notebooks", help="where the notebooks are")
     p.add_argument("--kernel", default="sslkit", help="Jupyter kernel name (default sslkit)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--progress", action="store_true",
+                   help="training progress bars even when the output is not a terminal")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no line per finished notebook")
 
 
 #: subcommand -> handler.
@@ -341,20 +355,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="execute one notebook into reports/<name>.ipynb/.html")
     p.add_argument("notebook", help="a notebook path, stem (01_supervised) or unique prefix (01)")
     _add_book_options(p)
 
+
+def _add_book(sub: Any) -> None:
     p = sub.add_parser("book", help="run the book's notebooks in order, then the index")
     p.add_argument("--only", default=None, help="comma-separated notebook stems, e.g. 00_data,01_supervised")
     p.add_argument("--keep-going", action="store_true",
                    help="run the remaining notebooks after one fails")
     _add_book_options(p)
 
+
+def _add_sweep(sub: Any) -> None:
     p = sub.add_parser(
         "sweep", help="run a grid of notebooks x parameters (papermill), skipping finished points",
         description="Run every point of a grid file (notebooks x parameter values, see "
@@ -387,9 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--array-parallelism", type=int, default=None,
                        help="jobs of the array running at once (default 16)")
 
+
+def _add_index(sub: Any) -> None:
     p = sub.add_parser("index", help="rebuild reports/index.html")
     p.add_argument("--reports", default=None)
 
+
+def _add_predict(sub: Any) -> None:
     p = sub.add_parser("predict", help="label a file with a run's checkpoint")
     p.add_argument("run_dir", help="reports/runs/<run_id> (or its checkpoint folder)")
     p.add_argument("file", help="a .csv / .tsv / .xlsx / .jsonl file")
@@ -399,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto (cuda when available) / cpu / cuda")
 
+
+def _add_pseudo_label(sub: Any) -> None:
     p = sub.add_parser(
         "pseudo-label",
         help="self-train on a file's labeled rows, write pseudo-labels into its blank rows",
@@ -430,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default=None,
                    help="reports folder for the run record (default $SSLKIT_REPORTS or ./reports)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_book, _add_sweep, _add_index, _add_predict, _add_pseudo_label):
+        add(sub)
     return parser
 
 

@@ -233,6 +233,119 @@ def _log_note(reports: Path, status: dict, job_log: Path | None) -> str:
     return f" (log: {'; '.join(logs)})" if logs else ""
 
 
+def _print_plan(grid: Grid, states: list, records: dict[str, dict], settings: SlurmSettings,
+                cluster: str, folder: Path, name: str, out: TextIO) -> None:
+    """The dry run's listing: what would be submitted, with which resources, and why."""
+    jobs_dir = folder / "slurm"
+    to_submit = sum(1 for _, state, _ in states if state != "done")
+    skipped = len(states) - to_submit
+    where = "SLURM" if cluster == "slurm" else f"submitit cluster '{cluster}'"
+    print(f"sweep {grid.name} ({where}): {len(grid.points)} point(s), "
+          f"{to_submit} to submit, {skipped} done (skipped) -> {folder}", file=out)
+    print(f"  each job: {settings.describe()}", file=out)
+    print(f"  one array job '{name}' of {to_submit}, at most {settings.array_parallelism} "
+          "at once", file=out)
+    print(f"  logs: {folder}/<point>.log, {jobs_dir}/<job id>_0_log.out", file=out)
+    for point, state, status in states:
+        job = records.get(point.name, {}).get("job_id")
+        if state == "done":
+            verb, note = "skip  ", f"done {(status or {}).get('finished') or ''}".strip()
+        elif state in ("queued", "running") and job:
+            verb, note = "submit", (f"job {job} {state} before: waited for if still in the "
+                                    "queue, else submitted again")
+        else:
+            verb = "submit"
+            note = {"failed": f"failed before: {(status or {}).get('error')}",
+                    "interrupted": "interrupted before"}.get(state, state)
+        print(f"  {verb}  {point.label()}  [{point.name}; {note}]", file=out)
+
+
+def _still_queued(pending: list, records: dict[str, dict], cluster: str,
+                  jobs_dir: Path) -> dict[str, tuple[Point, Any]]:
+    """Jobs of an earlier run that are still queued or running: waited for, not submitted again."""
+    waiting: dict[str, tuple[Point, Any]] = {}
+    for point, state in pending:
+        job_id = records.get(point.name, {}).get("job_id")
+        if state in ("queued", "running") and job_id:
+            job = _job(cluster, jobs_dir, job_id)
+            if _alive(job):
+                waiting[point.name] = (point, job)
+    return waiting
+
+
+def _mark_queued(grid: Grid, folder: Path, points: list[Point], kernel: str, progress: bool,
+                 reports: Path, cluster: str) -> None:
+    """Write each point's status file before submitting: the job reads its work from it."""
+    for point in points:
+        path = folder / f"{point.name}.json"
+        previous = read_status(path) or {}
+        write_json(path, {
+            "grid": grid.name, "point": point.name, "hash": point.key, "notebook": point.stem,
+            "source": str(point.notebook), "parameters": point.parameters, "status": "queued",
+            "error": None, "started": None, "finished": None, "seconds": None, "gpu": None,
+            "attempt": int(previous.get("attempt") or 0) + 1, "kernel": kernel,
+            "progress": progress, "reports": str(reports), "executor": cluster,
+            "executed": f"sweeps/{grid.name}/{point.name}.ipynb",
+            "html": f"sweeps/{grid.name}/{point.name}.html",
+            "log": f"sweeps/{grid.name}/{point.name}.log",
+        })
+
+
+def _submit_array(executor: Any, folder: Path, points: list[Point], records: dict[str, dict],
+                  waiting: dict[str, tuple[Point, Any]], cluster: str) -> None:
+    """Submit ``points`` as one array job and keep the job ids in ``jobs.json``, so that a rerun
+    re-attaches to them. A refused submission marks the points failed and is a ValueError."""
+    try:
+        with executor.batch():
+            jobs = [executor.submit(run_job, str(folder / f"{p.name}.json")) for p in points]
+    except Exception as err:  # sbatch refused (a partition that does not exist, ...)
+        for point in points:
+            path = folder / f"{point.name}.json"
+            write_json(path, {**(read_status(path) or {}), "status": "failed",
+                              "error": f"not submitted: {err}"})
+        raise ValueError(f"SLURM refused the jobs: {err}") from None
+    for point, job in zip(points, jobs):
+        records[point.name] = {"job_id": str(job.job_id), "submitted": _now(),
+                               "job_log": str(job.paths.stdout), "cluster": cluster}
+        waiting[point.name] = (point, job)
+    write_json(folder / "slurm" / "jobs.json", records)
+
+
+def _report_ended(point: Point, job: Any, folder: Path, reports: Path, result: SweepResult,
+                  out: TextIO) -> None:
+    """Record and print an ended job; one killed before its point finished counts as failed."""
+    path = folder / f"{point.name}.json"
+    status = read_status(path) or {}
+    if status.get("status") not in ("done", "failed"):  # killed: time limit, memory...
+        status.update(status="failed", finished=_now(),
+                      error=f"job {job.job_id} ended ({job.state}) before the point finished")
+        write_json(path, status)
+    secs = status.get("seconds")
+    took = f" in {secs:.0f} s" if isinstance(secs, (int, float)) else ""
+    if status["status"] == "done":
+        result.done.append(point.name)
+        print(f"done    {point.label()}{took} (job {job.job_id})", file=out, flush=True)
+    else:
+        error = f"{status.get('error')}{_log_note(reports, status, job.paths.stdout)}"
+        result.failed[point.name] = error
+        print(f"FAILED  {point.label()}{took} (job {job.job_id}): {error}", file=out, flush=True)
+
+
+def _wait_for(waiting: dict[str, tuple[Point, Any]], folder: Path, reports: Path,
+              result: SweepResult, poll: float, out: TextIO) -> None:
+    """Poll until every job has ended, reporting each as it ends. Ended jobs leave ``waiting`` as
+    they go, so after an interruption it holds the jobs still in the queue."""
+    while waiting:
+        time.sleep(poll)
+        for key in list(waiting):
+            point, job = waiting[key]
+            if not job.done():
+                continue
+            del waiting[key]
+            _report_ended(point, job, folder, reports, result, out)
+            _refresh(reports)
+
+
 def submit_sweep(
     grid: Grid | str | os.PathLike,
     reports: str | os.PathLike | None = None,
@@ -269,101 +382,27 @@ def submit_sweep(
     name = f"sslkit-{grid.name}"
 
     if dry_run:
-        where = "SLURM" if cluster == "slurm" else f"submitit cluster '{cluster}'"
-        print(f"sweep {grid.name} ({where}): {len(grid.points)} point(s), "
-              f"{len(pending)} to submit, {len(result.skipped)} done (skipped) -> {folder}", file=out)
-        print(f"  each job: {settings.describe()}", file=out)
-        print(f"  one array job '{name}' of {len(pending)}, at most {settings.array_parallelism} "
-              "at once", file=out)
-        print(f"  logs: {folder}/<point>.log, {jobs_dir}/<job id>_0_log.out", file=out)
-        for point, state, status in states:
-            job = records.get(point.name, {}).get("job_id")
-            if state == "done":
-                verb, note = "skip  ", f"done {(status or {}).get('finished') or ''}".strip()
-            elif state in ("queued", "running") and job:
-                verb, note = "submit", (f"job {job} {state} before: waited for if still in the "
-                                        "queue, else submitted again")
-            else:
-                verb = "submit"
-                note = {"failed": f"failed before: {(status or {}).get('error')}",
-                        "interrupted": "interrupted before"}.get(state, state)
-            print(f"  {verb}  {point.label()}  [{point.name}; {note}]", file=out)
+        _print_plan(grid, states, records, settings, cluster, folder, name, out)
         return result
 
     _check_kernel(kernel)
     folder.mkdir(parents=True, exist_ok=True)
-    waiting: dict[str, tuple[Point, Any]] = {}
-    for point, state in pending:  # still queued or running from an earlier run: wait for it
-        job_id = records.get(point.name, {}).get("job_id")
-        if state in ("queued", "running") and job_id:
-            job = _job(cluster, jobs_dir, job_id)
-            if _alive(job):
-                waiting[point.name] = (point, job)
+    waiting = _still_queued(pending, records, cluster, jobs_dir)
     to_submit = [p for p, _ in pending if p.name not in waiting]
     executor = _executor(jobs_dir, cluster, settings, name) if to_submit else None
-    for point in to_submit:
-        path = folder / f"{point.name}.json"
-        previous = read_status(path) or {}
-        write_json(path, {
-            "grid": grid.name, "point": point.name, "hash": point.key, "notebook": point.stem,
-            "source": str(point.notebook), "parameters": point.parameters, "status": "queued",
-            "error": None, "started": None, "finished": None, "seconds": None, "gpu": None,
-            "attempt": int(previous.get("attempt") or 0) + 1, "kernel": kernel,
-            "progress": progress, "reports": str(reports_path), "executor": cluster,
-            "executed": f"sweeps/{grid.name}/{point.name}.ipynb",
-            "html": f"sweeps/{grid.name}/{point.name}.html",
-            "log": f"sweeps/{grid.name}/{point.name}.log",
-        })
+    _mark_queued(grid, folder, to_submit, kernel, progress, reports_path, cluster)
     _write_manifest(grid, folder, "running")
     old = _install_handlers()
     try:
         if executor is not None:
-            try:
-                with executor.batch():
-                    jobs = [executor.submit(run_job, str(folder / f"{p.name}.json"))
-                            for p in to_submit]
-            except Exception as err:  # sbatch refused (a partition that does not exist, ...)
-                for point in to_submit:
-                    path = folder / f"{point.name}.json"
-                    write_json(path, {**(read_status(path) or {}), "status": "failed",
-                                      "error": f"not submitted: {err}"})
-                raise ValueError(f"SLURM refused the jobs: {err}") from None
-            for point, job in zip(to_submit, jobs):
-                records[point.name] = {"job_id": str(job.job_id), "submitted": _now(),
-                                       "job_log": str(job.paths.stdout), "cluster": cluster}
-                waiting[point.name] = (point, job)
-            write_json(jobs_dir / "jobs.json", records)
+            _submit_array(executor, folder, to_submit, records, waiting, cluster)
         print(f"sweep {grid.name}: {len(to_submit)} job(s) submitted, "
               f"{len(waiting) - len(to_submit)} still queued from before, "
               f"{len(result.skipped)} done (skipped); {settings.describe()}; logs in {folder}",
               file=out, flush=True)
         for point, job in waiting.values():
             print(f"  job {job.job_id}  {point.label()}", file=out)
-        while waiting:
-            time.sleep(poll)
-            for key in list(waiting):
-                point, job = waiting[key]
-                if not job.done():
-                    continue
-                del waiting[key]
-                path = folder / f"{point.name}.json"
-                status = read_status(path) or {}
-                if status.get("status") not in ("done", "failed"):  # killed: time limit, memory...
-                    status.update(status="failed", finished=_now(),
-                                  error=f"job {job.job_id} ended ({job.state}) before the point "
-                                        "finished")
-                    write_json(path, status)
-                secs = status.get("seconds")
-                took = f" in {secs:.0f} s" if isinstance(secs, (int, float)) else ""
-                if status["status"] == "done":
-                    result.done.append(point.name)
-                    print(f"done    {point.label()}{took} (job {job.job_id})", file=out, flush=True)
-                else:
-                    error = f"{status.get('error')}{_log_note(reports_path, status, job.paths.stdout)}"
-                    result.failed[point.name] = error
-                    print(f"FAILED  {point.label()}{took} (job {job.job_id}): {error}", file=out,
-                          flush=True)
-                _refresh(reports_path)
+        _wait_for(waiting, folder, reports_path, result, poll, out)
     except KeyboardInterrupt as err:  # SIGINT, or SIGTERM turned into SweepInterrupted
         result.signum = getattr(err, "signum", int(signal.SIGINT))
         result.interrupted = list(waiting)

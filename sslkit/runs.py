@@ -144,15 +144,15 @@ def versions() -> dict:
     """The versions of Python and of the packages that compute a run, for its config.json."""
     import platform
 
-    from importlib.metadata import version
-
     import accelerate
     import numpy as np
     import peft
     import torch
     import transformers
 
-    return {"sslkit": version("sslkit"), "python": platform.python_version(), "torch": torch.__version__,
+    from ._version import __version__
+
+    return {"sslkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__,
             "accelerate": accelerate.__version__, "numpy": np.__version__}
 

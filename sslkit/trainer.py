@@ -15,9 +15,11 @@ computes the loss of a step and reacts to step and epoch ends (:class:`sslkit.me
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -208,6 +210,11 @@ class _Training:
     progress: _Progress = field(default_factory=_Progress)
     epoch_record: dict = field(default_factory=dict)  # the current epoch's line of metrics.jsonl
 
+    @property
+    def trainable(self) -> list:
+        """The parameters that train (LoRA, head): the only ones with gradients to clip."""
+        return [p for p in self.prepared.parameters() if p.requires_grad]
+
 
 # --------------------------------------------------------------------------- fit
 def fit(model: Backbone, budget: Budget, method: Method | str | None = None, config: TrainConfig | None = None,
@@ -277,6 +284,7 @@ def open_run(model: Backbone, budget: Budget, method: Method, label: str, config
     if run.main:
         write_json(run_dir / "config.json", config_record)
     run.tracker.start(run_id, config_record)  # a view of the record in MLflow / TensorBoard, when asked for
+    _say(run, f"{run_id}: {'resuming' if run.resume_state else 'training'} on {device} ({precision})")
     return run
 
 
@@ -363,40 +371,39 @@ def _batches(run: _Run, training: _Training, epoch: int):
 
 def train_epoch(run: _Run, training: _Training, epoch: int) -> None:
     """One epoch of optimiser steps; the method's after_step / after_epoch hooks; the loss logged."""
-    from tqdm import tqdm
-
     config, acc, ctx, p = run.config, run.accelerator, training.ctx, training.progress
     ctx.epoch = epoch
     torch.manual_seed(config.seed * 1000 + epoch)  # dropout: the same stream with or without a resume
     training.prepared.train()
+    # the losses stay on the device: reading one waits for the GPU, so they are read once per log
+    # line and once per epoch, not every step (the CPU queues the next step meanwhile)
     t0, losses = time.time(), []
-    bar = tqdm(_batches(run, training, epoch), total=ctx.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-               disable=not _show_progress(run), leave=False)
+    bar = _bar(run, _batches(run, training, epoch), total=ctx.steps_per_epoch,
+               desc=f"{run.label} s{config.seed} · epoch {epoch}/{config.epochs}")
     for batch in bar:
         out = training.method.loss(batch, ctx)
         acc.backward(out["loss"])
         if config.max_grad_norm:
-            acc.clip_grad_norm_(training.prepared.parameters(), config.max_grad_norm)
+            acc.clip_grad_norm_(training.trainable, config.max_grad_norm)
         training.optimizer.step()
         training.scheduler.step()
         training.optimizer.zero_grad(set_to_none=True)
         ctx.step += 1
         p.n_seen += batch["labeled"]["input_ids"].shape[0] * acc.num_processes
         training.method.after_step(ctx)
-        loss = float(out["loss"].detach())
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        losses.append(out["loss"].detach())
         if ctx.step % run.options.log_every == 0 and run.main:
-            parts = {k: float(v) for k, v in out.items() if k != "loss"}
-            line = {"epoch": epoch, "step": ctx.step, "train_loss": loss,
-                    "lr": training.scheduler.get_last_lr()[-1], **parts, **ctx.logged}
+            line = {"epoch": epoch, "step": ctx.step, "train_loss": float(losses[-1]),
+                    "lr": training.scheduler.get_last_lr()[-1],
+                    **{k: float(v) for k, v in out.items() if k != "loss"}, **ctx.logged}
+            bar.set_postfix(loss=f"{line['train_loss']:.3f}")
             run.metrics.write(line)
             run.tracker.log(line, step=ctx.step)
             ctx.logged = {}
     seconds = time.time() - t0
     p.train_seconds += seconds
     stats = training.method.after_epoch(ctx) or {}  # a round may move pool rows: the sizes below are after it
-    training.epoch_record = {"epoch": epoch, "step": ctx.step, "epoch_loss": float(np.mean(losses)) if losses else None,
+    training.epoch_record = {"epoch": epoch, "step": ctx.step, "epoch_loss": float(torch.stack(losses).float().mean()) if losses else None,
                              "epoch_seconds": seconds, "n_train": len(training.pseudo.train_set),
                              "pool": ctx.pool_size, **stats}
 
@@ -426,12 +433,9 @@ def evaluate_epoch(run: _Run, training: _Training, budget: Budget, epoch: int) -
     if run.main:
         run.metrics.write(record)
         run.tracker.log(record, step=training.ctx.step)
-        if _show_progress(run):
-            from tqdm import tqdm
-
-            tqdm.write(f"epoch {epoch}: loss {record['epoch_loss']:.4f} dev acc "
-                       f"{record.get('dev_accuracy', float('nan')):.4f} macro-F1 "
-                       f"{record.get('dev_macro_f1', float('nan')):.4f} ({record['epoch_seconds']:.0f}s)")
+        _say(run, f"{run.label} s{run.config.seed} · epoch {epoch}: loss {record['epoch_loss']:.4f} dev acc "
+                  f"{record.get('dev_accuracy', float('nan')):.4f} macro-F1 "
+                  f"{record.get('dev_macro_f1', float('nan')):.4f} ({record['epoch_seconds']:.0f}s)")
     return run.config.early_stopping is not None and p.bad_epochs >= run.config.early_stopping
 
 
@@ -517,9 +521,42 @@ def _write_predictions(run_dir: Path, budget: Budget, test: dict) -> None:
                  ).to_csv(run_dir / "predictions.csv", index=False)
 
 
-def _show_progress(run: _Run) -> bool:
-    if not run.main:
-        return False
-    if run.options.progress is not None:
-        return run.options.progress
-    return os.environ.get("SSLKIT_PROGRESS", "1") != "0"
+def _progress_mode(run: _Run) -> str | None:
+    """Where progress goes: "terminal" (the book runner's terminal, below), "auto" (a widget in
+    Jupyter, text elsewhere) or None (off: ``progress=False``, ``$SSLKIT_PROGRESS=0``, other processes).
+
+    Under ``sslkit book`` / ``sslkit run`` on a terminal, $SSLKIT_PROGRESS=terminal: the bars go to
+    the terminal the kernel inherited from the command (:func:`_terminal`), so they show there
+    while the executed notebook stays free of them."""
+    env = os.environ.get("SSLKIT_PROGRESS", "1")
+    if not run.main or run.options.progress is False or (env == "0" and not run.options.progress):
+        return None
+    return "terminal" if env == "terminal" else "auto"
+
+
+@functools.lru_cache(maxsize=1)
+def _terminal():
+    """The terminal the kernel was started from. ipykernel sends whatever reaches file descriptor 2
+    into the notebook too, and keeps the original descriptor as ``sys.stderr.fileno()``; writing
+    there reaches the terminal alone (in a plain process it is descriptor 2 itself)."""
+    return open(sys.stderr.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+
+
+def _bar(run: _Run, iterable, total: int, desc: str):
+    mode = _progress_mode(run)
+    if mode == "terminal":
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, file=_terminal(), leave=False, dynamic_ncols=True)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=mode is None, leave=False)
+
+
+def _say(run: _Run, line: str) -> None:
+    """One line of progress (an epoch's scores, a run starting) where the bars go."""
+    mode = _progress_mode(run)
+    if mode is not None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=_terminal() if mode == "terminal" else None)

@@ -9,18 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslkit.backbone import (
-    ADAPTER_DIR,
+from sslkit.backbones import (
     SAVE_CONFIG,
     CosineHead,
-    cls_pool,
     embed,
-    last_token_pool,
     load_backbone,
     load_saved_backbone,
-    masked_mean_pool,
     resolve_model_path,
 )
+from sslkit.backbones.base import ADAPTER_DIR, cls_pool, last_token_pool, masked_mean_pool
 
 TEXTS = ["hello world", "a much longer sentence with quite a few more words in it", "hi",
          "three little words", "the bank charged me twice for the same card payment"]
@@ -85,6 +82,7 @@ def minilm():
     return load_backbone("minilm", 5)
 
 
+@pytest.mark.pretrained
 def test_minilm_encoder_lora_targets_and_trainable_params(minilm):
     b = minilm
     assert b.info.kind == "encoder" and b.info.pooling == "mean" and b.info.model_type == "bert"
@@ -104,6 +102,7 @@ def test_minilm_encoder_lora_targets_and_trainable_params(minilm):
     assert 0 < n_train < 0.05 * n_all
 
 
+@pytest.mark.pretrained
 def test_minilm_without_lora_trains_only_the_head():
     b = load_backbone("minilm", 3, lora=None)
     assert b.info.lora is None
@@ -196,12 +195,15 @@ def test_resolve_minilm_is_inside_the_installed_package():
 
 
 # ----------------------------------------------------------------------------- prototype head
-def test_prototype_init_classifies_separated_classes(minilm):
-    b = load_backbone("minilm", 3, lora=None)  # fresh head; the module fixture stays untouched
+def test_prototype_init_classifies_separated_classes(tiny_encoder_dir):
+    """Head arithmetic on hand-made features: the encoder's weights play no part (tiny encoder)."""
+    b = load_backbone(str(tiny_encoder_dir), 3, lora=None)
+    dim = b.head.weight.shape[1]
+    assert dim == b.encoder.config.hidden_size
     g = torch.Generator().manual_seed(0)
-    centres = torch.eye(384)[:3] * 10
+    centres = torch.eye(dim)[:3] * 10
     labels = np.repeat([0, 1, 2], 8)
-    feats = centres[labels] + torch.randn(len(labels), 384, generator=g)
+    feats = centres[labels] + torch.randn(len(labels), dim, generator=g)
     before = b.head(feats).argmax(1).numpy()
     b.init_head_from_prototypes(feats.numpy(), labels)
     assert isinstance(b.head, CosineHead)
@@ -210,7 +212,7 @@ def test_prototype_init_classifies_separated_classes(minilm):
     torch.testing.assert_close(b.head.weight.norm(dim=1), torch.ones(3))
 
     # a class without examples keeps its random row; the others become unit prototypes
-    c = load_backbone("minilm", 4, lora=None, head="linear")
+    c = load_backbone(str(tiny_encoder_dir), 4, lora=None, head="linear")
     random_row = c.head.weight[3].detach().clone()
     c.init_head_from_prototypes(feats, labels)
     assert torch.equal(c.head.weight[3], random_row)
@@ -235,6 +237,7 @@ def _assert_reload_identical(b, directory: Path, labels: list[str]) -> None:
     assert np.array_equal(feats, feats2)
 
 
+@pytest.mark.pretrained
 def test_minilm_save_reload_gives_identical_logits(tmp_path):
     b = load_backbone("minilm", 3, lora={"r": 4, "alpha": 8}, max_length=32)
     _, base_logits = embed(b, TEXTS, return_logits=True)
@@ -292,12 +295,13 @@ def test_gradient_checkpointing_gives_the_same_lora_grads(tiny_decoder_dir):
         torch.testing.assert_close(ckpt[n], plain[n], atol=1e-6, rtol=1e-5)
 
 
-def test_merged_lora_inference_matches_and_restores_the_frozen_weights_exactly():
+def test_merged_lora_inference_matches_and_restores_the_frozen_weights_exactly(tiny_encoder_dir):
     """embed() folds the LoRA update into the frozen weights for inference; the logits agree with
-    the unmerged model and the base weights come back bit for bit (training never sees a drift)."""
+    the unmerged model and the base weights come back bit for bit (training never sees a drift).
+    Mechanics only: the tiny encoder (BERT, the same LoRA targets as MiniLM)."""
     from peft.tuners.lora import LoraLayer
 
-    model = load_backbone("minilm", 3, lora={"r": 4, "alpha": 8}, max_length=32, seed=0)
+    model = load_backbone(str(tiny_encoder_dir), 3, lora={"r": 4, "alpha": 8}, max_length=32, seed=0)
     for name, p in model.named_parameters():
         if "lora_B" in name:  # a non-zero update (B starts at 0)
             torch.nn.init.normal_(p, std=0.05)

@@ -288,18 +288,19 @@ def test_run_book_failure_still_indexes(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, tiny_encoder_dir) -> Path:
+    """A saved run's checkpoint: the plumbing of predict, on the tiny random encoder (LoRA + head)."""
     import sslkit
 
     run = tmp_path_factory.mktemp("predict") / "run"
-    model = sslkit.load_backbone("minilm", 2, lora=True)
+    model = sslkit.load_backbone(str(tiny_encoder_dir), 2, lora=True)
     model.save(run / "checkpoint", label_names=["neg", "pos"])
     return run
 
 
 def test_predict_file_end_to_end(checkpoint, tmp_path):
     import sslkit
-    from sslkit.trainer import predict_logits
+    from sslkit.inference import predict_logits
 
     texts = ["I love this, wonderful", "terrible, I hate it", "the weather is a bit grey today"]
     src = tmp_path / "new.csv"

@@ -48,10 +48,10 @@ def test_identity_where_dropout_does_nothing():
     assert torch.equal(layer(x), x)
 
 
-def test_switch_on_a_backbone(mcid_budget, make_model):
+def test_switch_on_a_backbone(mcid_budget, make_tiny_model):
     budget = mcid_budget()
-    plain = make_model(budget, seed=0, fast_dropout=False)
-    fast = make_model(budget, seed=0)  # the default for a pretrained backbone
+    plain = make_tiny_model(budget, seed=0, fast_dropout=False)
+    fast = make_tiny_model(budget, seed=0)  # the default for a pretrained backbone
     assert fast.info.extra.get("fast_dropout") is True and "fast_dropout" not in plain.info.extra
     assert not any(type(m) is nn.Dropout for m in fast.modules())
     n_fast = sum(isinstance(m, FastDropout) for m in fast.modules())
@@ -67,14 +67,14 @@ def test_switch_on_a_backbone(mcid_budget, make_model):
     assert not torch.allclose(noisy, plain(**args))  # training: the masks are on
 
 
-def test_saved_backbone_keeps_its_dropout(mcid_budget, make_model, tmp_path):
+def test_saved_backbone_keeps_its_dropout(mcid_budget, make_tiny_model, tmp_path):
     import sslkit
 
     budget = mcid_budget()
     for flag in (True, False):
-        model = make_model(budget, seed=0, fast_dropout=flag)
+        model = make_tiny_model(budget, seed=0, fast_dropout=flag)
         model.save(tmp_path / str(flag))
-        again = sslkit.backbone.load_saved_backbone(tmp_path / str(flag))
+        again = sslkit.backbones.load_saved_backbone(tmp_path / str(flag))
         assert any(isinstance(m, FastDropout) for m in again.modules()) is flag
         assert not any(type(m) is nn.Dropout for m in again.modules()) is flag
 

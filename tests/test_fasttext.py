@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import sslkit
-from sslkit.backbone import SAVE_CONFIG, BackboneInfo, CosineHead
-from sslkit.fasttext import MASK_ID, NgramHasher, load_fasttext, load_saved_fasttext
+from sslkit.backbones import SAVE_CONFIG, BackboneInfo, CosineHead
+from sslkit.backbones.fasttext import MASK_ID, NgramHasher, load_fasttext, load_saved_fasttext
 
 TEXTS = ["How do I top up my card?", "今天东莞天气如何", "播放周杰伦的歌", "Where is my refund??",
          "a", "ＡＢＣ full-width and 中英 mixed text"]
@@ -23,7 +23,7 @@ SMALL = dict(buckets=2**12, dim=16)  # a small table: fast tests
 def test_hashing_is_stable_across_processes():
     """Same ids in a fresh interpreter with another PYTHONHASHSEED (no salted hash())."""
     here = load_fasttext(3, **SMALL).tokenize(TEXTS)
-    code = ("import json, sys; from sslkit.fasttext import load_fasttext; "
+    code = ("import json, sys; from sslkit.backbones.fasttext import load_fasttext; "
             f"print(json.dumps(load_fasttext(3, **{SMALL!r}).tokenize(json.loads(sys.argv[1]))))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # this process: a random seed (or another)
     out = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], env=env,
@@ -257,7 +257,7 @@ def test_presets_are_backbone_names_with_their_train_defaults(tmp_path):
     assert model.info.name == "fasttext-zh" and model.info.max_length == 8192
     assert (extra["char_ngrams"], extra["word_ngrams"], extra["init"], extra["buckets"]) == ([1, 2], None, "lsa", 2**10)
     assert sslkit.train_defaults("fasttext-zh")["weight_decay"] == 0.1
-    assert sslkit.train_defaults("fasttext")["weight_decay"] == sslkit.fasttext.TRAIN_DEFAULTS["weight_decay"]
+    assert sslkit.train_defaults("fasttext")["weight_decay"] == sslkit.backbones.fasttext.TRAIN_DEFAULTS["weight_decay"]
     assert sslkit.train_defaults("fasttext-zh", weight_decay=0.0)["weight_decay"] == 0.0
     model.save(tmp_path)
-    assert sslkit.backbone.load_saved_backbone(tmp_path).info == model.info
+    assert sslkit.backbones.load_saved_backbone(tmp_path).info == model.info

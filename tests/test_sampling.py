@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from sslkit.sampling import length_grouped_batches
-from sslkit.trainer import TrainConfig, _epoch_loader, _Tokenized
+from sslkit.batches import TokenizedSet, epoch_loader
+from sslkit.trainer import TrainConfig
 
 
 def _padded_share(lengths: np.ndarray, batches: list[list[int]]) -> float:
@@ -52,12 +53,12 @@ def test_bad_batch_size_is_refused():
 
 def _loader_batches(group: int, seed: int = 0, epoch: int = 1):
     ids = [[1] * (3 + (i * 7) % 50) for i in range(200)]
-    ds = _Tokenized(ids, np.arange(200) + 1000, None)
+    ds = TokenizedSet(ids, np.arange(200) + 1000, None)
 
     def collate(items):
         return {"idx": [it["idx"] for it in items], "len": [len(it["ids"]) for it in items]}
 
-    return list(_epoch_loader(ds, 20, seed, epoch, collate, group_by_length=group))
+    return list(epoch_loader(ds, 20, seed, epoch, collate, group_by_length=group))
 
 
 def test_the_trainer_loader_groups_by_length_by_default_and_replays_its_order():

@@ -266,8 +266,35 @@ def _dead(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_sweep_stops_cleanly_and_continues(tmp_path, sig):
+def _interrupt(cmd: list[str], marks: Path, reports: Path, sig: int) -> None:
+    """Run the sweep command, send ``sig`` while point 2 sleeps in its cell, and check that the sweep
+    stopped cleanly: exit 128 + sig, the kernel gone, point 2 ``interrupted``, point 1 ``done``."""
+    started = len(_lines(marks / "start-2"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: len(_lines(marks / "start-2")) > started, 120), "point 2 never started"
+        time.sleep(0.5)  # inside the sleeping cell
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, (out, err)
+    assert f"interrupted by {signal.Signals(sig).name}" in err and "Traceback" not in err
+    # the kernel of the interrupted point is gone
+    kernel_pid = int(_lines(marks / "start-2")[-1])
+    assert _wait_for(lambda: _dead(kernel_pid), 15), "the kernel survived the interruption"
+    status = _statuses(reports, "slow")
+    assert status[1]["status"] == "done"
+    assert status[2]["status"] == "interrupted" and not (marks / "end-2").exists()
+    assert _all_json_parses(reports) >= 3  # status files, sweep.json, summary.json: all whole
+    assert json.loads((reports / "sweeps" / "slow" / "sweep.json").read_text())["state"] == "interrupted"
+
+
+def test_interrupted_sweep_stops_cleanly_and_continues(tmp_path):
+    """Both signals on one sweep (each run of it starts a CLI, a worker and a kernel per point):
+    SIGTERM stops the first run in point 2; the rerun skips point 1 and SIGINT stops it in point 2
+    again; the third run finishes point 2 and repeats nothing."""
     flag = tmp_path / "SLOW"
     flag.write_text("")
     marks = tmp_path / "marks"
@@ -281,32 +308,18 @@ grid:
     reports = tmp_path / "reports"
     cmd = [sys.executable, "-m", "sslkit.cli", "sweep", str(grid), "--reports", str(reports),
            "--kernel", KERNEL, "--gpus", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert _wait_for(lambda: (marks / "start-2").exists(), 120), "point 2 never started"
-        time.sleep(0.5)  # inside the sleeping cell
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + sig, (out, err)
-    assert f"interrupted by {signal.Signals(sig).name}" in err and "Traceback" not in err
-    # the kernel of the interrupted point is gone
-    kernel_pid = int(_lines(marks / "start-2")[0])
-    assert _wait_for(lambda: _dead(kernel_pid), 15), "the kernel survived the interruption"
-    status = _statuses(reports, "slow")
-    assert status[1]["status"] == "done"
-    assert status[2]["status"] == "interrupted" and not (marks / "end-2").exists()
-    assert _all_json_parses(reports) >= 3  # status files, sweep.json, summary.json: all whole
-    assert json.loads((reports / "sweeps" / "slow" / "sweep.json").read_text())["state"] == "interrupted"
+    _interrupt(cmd, marks, reports, signal.SIGTERM)
+    assert len(_lines(marks / "start-1")) == 1 and len(_lines(marks / "start-2")) == 1
+    # started again, still slow: point 1 is not repeated, point 2 runs and is interrupted again
+    _interrupt(cmd, marks, reports, signal.SIGINT)
+    assert len(_lines(marks / "start-1")) == 1 and len(_lines(marks / "start-2")) == 2
 
     # start it again: the finished point is not repeated, the interrupted one runs
     flag.unlink()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "1 run, 1 skipped" in done.stdout
-    assert len(_lines(marks / "start-1")) == 1 and len(_lines(marks / "start-2")) == 2
+    assert len(_lines(marks / "start-1")) == 1 and len(_lines(marks / "start-2")) == 3
     assert _lines(marks / "end-2") == ["ok"]
     assert {s["status"] for s in _statuses(reports, "slow").values()} == {"done"}
     for summary in (reports / "runs").rglob("summary.json"):

@@ -106,10 +106,12 @@ class Backbone(nn.Module):
 
     def features(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
                  inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        # a decoder would otherwise fill a key/value cache on every pass, which only generation reads
+        extra = {"use_cache": False} if self.info.kind == "decoder" else {}
         if inputs_embeds is not None:
-            out = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+            out = self.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra)
         else:
-            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return self._pool(out.last_hidden_state, attention_mask).float()
 
     def forward(
