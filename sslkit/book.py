@@ -163,6 +163,20 @@ def _describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _ipc_kernel_manager():
+    """jupyter_client's kernel manager on local sockets (IPC) instead of TCP: the kernel then has
+    no reason to warn, on every start, that TCP traffic is not encrypted."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+    return IPCKernelManager
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     parameters: dict | None = None,
@@ -217,6 +231,7 @@ def run_notebook(
             papermill.execute_notebook(
                 str(source), str(executed), parameters=params, kernel_name=kernel,
                 language="python", cwd=str(source.parent.parent), progress_bar=progress, log_output=log_output,
+                kernel_manager_class=_ipc_kernel_manager(),
             )
     except Exception as err:  # recorded and re-raised below
         error = err

@@ -214,6 +214,17 @@ def _cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    """The results table from the run records: reports/ablation.md and .csv, printed too."""
+    from .ablation import write_ablation
+    from .runs import load_runs
+
+    _, md_path = write_ablation(load_runs(args.reports), args.reports)
+    print(md_path.read_text(encoding="utf-8"))
+    print(md_path, file=sys.stderr)
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from .book import build_index
 
@@ -350,7 +361,7 @@ def _add_book_options(p: argparse.ArgumentParser) -> None:
 
 #: subcommand -> handler.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _cmd_run, "book": _cmd_book, "index": _cmd_index, "predict": _cmd_predict,
+    "run": _cmd_run, "book": _cmd_book, "index": _cmd_index, "results": _cmd_results, "predict": _cmd_predict,
     "pseudo-label": _cmd_pseudo_label, "sweep": _cmd_sweep,
 }
 
@@ -408,6 +419,12 @@ def _add_index(sub: Any) -> None:
     p.add_argument("--reports", default=None)
 
 
+def _add_results(sub: Any) -> None:
+    p = sub.add_parser("results", help="the results table (mean ± std over seeds) from the run records: "
+                                       "reports/ablation.md and .csv")
+    p.add_argument("--reports", default=None, help="reports folder (default $SSLKIT_REPORTS or ./reports)")
+
+
 def _add_predict(sub: Any) -> None:
     p = sub.add_parser("predict", help="label a file with a run's checkpoint")
     p.add_argument("run_dir", help="reports/runs/<run_id> (or its checkpoint folder)")
@@ -456,7 +473,7 @@ def _add_pseudo_label(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_book, _add_sweep, _add_index, _add_predict, _add_pseudo_label):
+    for add in (_add_run, _add_book, _add_sweep, _add_index, _add_results, _add_predict, _add_pseudo_label):
         add(sub)
     return parser
 

