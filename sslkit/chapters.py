@@ -247,7 +247,7 @@ def seed_table(results: Mapping[str, Any], baseline: str | None = "supervised",
     per_seed = {}
     for name, r in results.items():
         same = _same_setting(runs, r.run_id)
-        if len(same):
+        if len(same) and {"test.accuracy", "test.macro_f1"} <= set(same.columns):
             per_seed[name] = same.set_index("seed")[["test.accuracy", "test.macro_f1"]].astype(float)
         else:  # no record on disk (a result built in memory): its own numbers
             per_seed[name] = pd.DataFrame({"test.accuracy": [r.test.get("accuracy")],
@@ -294,6 +294,10 @@ def takeaway(table: pd.DataFrame, baseline: str = "supervised", metric: str = "a
     label = _column_label(metric)
     if not len(table):
         return "Takeaway: nothing was run."
+    if metric not in table or table[metric].isna().all():  # a user's file without labeled test rows
+        return (f"Takeaway: the data has no labeled test split, so no test {label} to compare; the runs' "
+                "models and pseudo-labels are in their records (`sslkit pseudo-label` writes labels into "
+                "your file).")
     seeds_run = sorted({int(s) for s in table.get("seed", pd.Series(dtype=float)).dropna()})
     at = f"seed{'s' if len(seeds_run) != 1 else ''} {', '.join(map(str, seeds_run))}" if seeds_run else "one run"
     candidates = table.drop(index=baseline, errors="ignore")

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.metrics import silhouette_score  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from sslkit.metrics import embedding_geometry  # noqa: E402
 from sslkit.plots import plot_tsne  # noqa: E402
@@ -84,7 +85,10 @@ def test_plot_tsne_draws_one_panel_per_embedding_on_a_readable_class_subset():
     panels = {"before training": feats, "cross-entropy": feats * 2, "focal + SupCon": feats + 1.0,
               "focal + margin": -feats}
     names = [f"intent {c}" for c in range(n_classes)]
-    fig = plot_tsne(panels, y, names, max_classes=8, seed=0)
+    # sklearn's t-SNE on one OpenMP thread: on 2 busy cores its 2-thread barriers made a 52-point map
+    # take 0.5 to 30 s (0.1 s on one thread); the maps are not what this test checks
+    with threadpool_limits(1, user_api="openmp"):
+        fig = plot_tsne(panels, y, names, max_classes=8, seed=0)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == list(panels)
     assert len(fig.axes) == len(visible) == 4  # a 2 x 2 grid
