@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime
@@ -163,18 +164,9 @@ def _describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _ipc_kernel_manager():
-    """jupyter_client's kernel manager on local sockets (IPC) instead of TCP: the kernel then has
-    no reason to warn, on every start, that TCP traffic is not encrypted."""
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
-    class IPCKernelManager(AsyncKernelManager):
-        @default("transport")
-        def _default_transport(self):
-            return "ipc"
-
-    return IPCKernelManager
+#: The kernel logs errors only: its start-up notes (e.g. that its TCP sockets are not encrypted, on
+#: every start) would otherwise fill the terminal between the progress lines.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def run_notebook(
@@ -231,7 +223,7 @@ def run_notebook(
             papermill.execute_notebook(
                 str(source), str(executed), parameters=params, kernel_name=kernel,
                 language="python", cwd=str(source.parent.parent), progress_bar=progress, log_output=log_output,
-                kernel_manager_class=_ipc_kernel_manager(),
+                extra_arguments=KERNEL_ARGUMENTS,
             )
     except Exception as err:  # recorded and re-raised below
         error = err
@@ -284,8 +276,8 @@ def run_book(
         for path in paths:
             try:
                 pages.append(run_notebook(path, parameters, reports, kernel=kernel, progress=progress))
-                if not quiet:
-                    print(notebook_line(Path(path).stem, reports), flush=True)
+                if not quiet:  # beside the bars, on stderr: stdout keeps the pages' paths
+                    print(notebook_line(Path(path).stem, reports), file=sys.stderr, flush=True)
             except Exception as err:
                 page = reports_dir(reports).resolve() / f"{Path(path).stem}.html"
                 if page.is_file():

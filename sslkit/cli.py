@@ -181,7 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         build_index(args.reports)
     if not args.quiet:
-        print(notebook_line(notebook.stem, args.reports))
+        print(notebook_line(notebook.stem, args.reports), file=sys.stderr)
     print(page)
     return 0
 

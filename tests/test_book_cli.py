@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -198,9 +199,10 @@ def test_build_index_links_ablation_and_sweeps(tmp_path):
 
     reports = tmp_path / "reports"
     page = build_index(reports).read_text(encoding="utf-8")
-    assert "No ablation yet" in page and "Sweeps" not in page
+    assert "No finished runs yet" in page and "Sweeps" not in page
 
     write_ablation(load_runs(fixture_runs()), reports)
+    shutil.copytree(fixture_runs(), reports / "runs")  # the results table is computed from the records
     (reports / "06_ablation.html").write_text("<html>06</html>")
     sweep = reports / "sweeps" / "default"
     write_json(sweep / "sweep.json", {"points": ["01_supervised-aaaaaaaa", "01_supervised-bbbbbbbb",
@@ -216,8 +218,9 @@ def test_build_index_links_ablation_and_sweeps(tmp_path):
     page = build_index(reports).read_text(encoding="utf-8")
     assert '<a href="ablation.md">' in page and '<a href="ablation.csv">' in page
     assert page.count('href="06_ablation.html"') == 2  # in the notebook list and the ablation links
-    assert "mean_teacher" in page and "85.88 ± 0.33" in page  # the table from ablation.csv
-    assert page.index("<h2>Ablation</h2>") < page.index("<h2>Sweeps</h2>") < page.index("<h2>Runs</h2>")
+    assert "mean_teacher" in page and "85.88 ± 0.33" in page  # the table from the run records
+    assert page.index("<h2>Results</h2>") < page.index("<h2>Notebooks</h2>") < page.index("<h2>Sweeps</h2>") \
+        < page.index("<h2>Runs</h2>")
     assert "<h3>default</h3>" in page and "1 done, 1 failed, 1 pending" in page
     assert 'href="sweeps/default/01_supervised-aaaaaaaa.html"' in page and "2 min 05 s" in page
     assert "01_supervised labeled=0.05" in page and "01_supervised labeled=0.1" in page

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import sslkit
 from sslkit.losses import (
     classification_loss,
     focal_contrastive_loss,

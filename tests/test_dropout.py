@@ -79,9 +79,13 @@ def test_saved_backbone_keeps_its_dropout(mcid_budget, make_tiny_model, tmp_path
         assert not any(type(m) is nn.Dropout for m in again.modules()) is flag
 
 
-def test_fasttext_keeps_torch_dropout():
+def test_every_backbone_takes_the_numpy_masks_unless_asked_not_to():
+    """FastText too: one default for every backbone (on a GPU the masks are torch's anyway)."""
     import sslkit
 
     ft = sslkit.load_backbone("fasttext", 3, seed=0)
-    assert "fast_dropout" not in ft.info.extra
-    assert not any(isinstance(m, FastDropout) for m in ft.modules())
+    assert ft.info.extra.get("fast_dropout") is True
+    assert any(isinstance(m, FastDropout) for m in ft.modules())
+    plain = sslkit.load_backbone("fasttext", 3, seed=0, fast_dropout=False)
+    assert "fast_dropout" not in plain.info.extra
+    assert not any(isinstance(m, FastDropout) for m in plain.modules())

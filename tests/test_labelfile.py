@@ -376,15 +376,6 @@ def test_cli_bad_file_exits_2_before_training(tmp_path, capsys):
     assert _sha(path) == digest and _others(path) == []
 
 
-def _has_self_training() -> bool:
-    try:
-        from sslkit.methods import SelfTraining  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_self_training(), reason="sslkit.methods.SelfTraining not available yet")
 def test_cli_pseudo_label_end_to_end(tmp_path, capsys, tiny_encoder_dir):
     from sslkit.cli import main
 
@@ -428,5 +419,6 @@ def test_cli_pseudo_label_end_to_end(tmp_path, capsys, tiny_encoder_dir):
     assert first_rounds and new.any()  # the second run wrote rows of its own...
     assert min(int(r) for r in again.loc[new, "pseudo_round"]) == max(first_rounds) + 1  # ...in later rounds
     configs = [json.loads(c.read_text()) for c in (tmp_path / "reports" / "runs").glob("*/config.json")]
-    assert sorted((c["method"]["strong_noise"], c["train"]["unlabeled_batch_size"]) for c in configs) == \
-        [(0.0, 32), (0.2, 64)]
+    # the first run: self-training's rounds alone; the second: FixMatch with its strong view and mu
+    assert sorted((c["method"]["name"], c["method"].get("strong_noise"), c["method"].get("mu")) for c in configs) \
+        == [("fixmatch", 0.2, 2), ("self_training", None, None)]
