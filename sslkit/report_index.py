@@ -84,6 +84,7 @@ th, td { border-bottom: 1px solid #ddd; padding: .35rem .6rem; text-align: left;
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 ul.notebooks li { margin: .25rem 0; } .time { color: #666; } .failed { color: #b00020; }
 .empty { color: #666; font-style: italic; }
+img { max-width: 100%; height: auto; }
 """
 
 
