@@ -5,6 +5,7 @@
     sslkit index                                                 # rebuild reports/index.html
     sslkit predict reports/runs/<run_id> new.csv                 # new.predictions.csv
     sslkit pseudo-label tickets.csv --label-col intent           # fill blank labels in place
+    sslkit suggest tickets.csv --n 50                            # mark the rows to label next
     sslkit sweep sweeps/default.yaml [--dry-run]                 # a grid of notebooks x parameters
     sslkit sweep sweeps/gpu.yaml --executor slurm --partition gpu  # one SLURM job per grid point
 
@@ -19,8 +20,9 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["main", "predict_file", "build_parser"]
 
@@ -238,24 +240,53 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_file_path(file: str) -> Path:
+    """The label file argument of pseudo-label / suggest, refused early when its type is unknown."""
+    from .data import EXTENSIONS, DataError
+
+    path = Path(file)
+    if path.suffix.lower() not in EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of "
+                        f"{', '.join(EXTENSIONS)}")
+    return path
+
+
+def _check_options(*checks: tuple[str, Any, bool]) -> None:
+    """(flag, value, ok) triples: the first not ok is a ValueError naming the flag."""
+    for name, value, ok in checks:
+        if not ok:
+            raise ValueError(f"{name}: invalid value {value}")
+
+
+@contextmanager
+def _reports_env(reports: str | None) -> Iterator[None]:
+    """$SSLKIT_REPORTS set to ``reports`` (when given) while fit() names its run folder."""
+    old = os.environ.get("SSLKIT_REPORTS")
+    if reports is not None:
+        os.environ["SSLKIT_REPORTS"] = str(reports)
+    try:
+        yield
+    finally:
+        if reports is not None:
+            if old is None:
+                os.environ.pop("SSLKIT_REPORTS", None)
+            else:
+                os.environ["SSLKIT_REPORTS"] = old
+
+
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     """Train self-training on the labeled rows of a file, write pseudo-labels into its blank rows."""
     import pandas as pd
 
-    from .data import EXTENSIONS, DataError
+    from .data import DataError
     from .labelfile import check_label_file, write_pseudo_labels
 
-    path = Path(args.file)
-    if path.suffix.lower() not in EXTENSIONS:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of "
-                        f"{', '.join(EXTENSIONS)}")
-    for name, value, ok in (("--epochs", args.epochs, args.epochs >= 1),
-                            ("--rounds-top-k", args.top_k, 0 < args.top_k <= 1),
-                            ("--max-length", args.max_length, args.max_length >= 8),
-                            ("--strong-noise", args.strong_noise, 0 <= args.strong_noise < 1),
-                            ("--unlabeled-ratio", args.unlabeled_ratio, args.unlabeled_ratio >= 1)):
-        if not ok:
-            raise ValueError(f"{name}: invalid value {value}")
+    path = _label_file_path(args.file)
+    _check_options(("--epochs", args.epochs, args.epochs >= 1),
+                   ("--rounds-top-k", args.top_k, 0 < args.top_k <= 1),
+                   ("--max-length", args.max_length, args.max_length >= 8),
+                   ("--strong-noise", args.strong_noise, 0 <= args.strong_noise < 1),
+                   ("--unlabeled-ratio", args.unlabeled_ratio, args.unlabeled_ratio >= 1))
     # every check of the file that the write-back will make, before a long training run
     import sslkit
     from .methods import FixMatch, SelfTraining
@@ -277,18 +308,9 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     threshold = AdaptiveThreshold(tau0=args.tau0, margin=args.margin)
     method = FixMatch(threshold=threshold, top_k=args.top_k, strong_noise=args.strong_noise,
                       mu=args.unlabeled_ratio) if args.strong_noise else SelfTraining(threshold=threshold, top_k=args.top_k)
-    old_reports = os.environ.get("SSLKIT_REPORTS")
-    if args.reports is not None:  # fit() names its run folder under $SSLKIT_REPORTS
-        os.environ["SSLKIT_REPORTS"] = str(args.reports)
-    try:
+    with _reports_env(args.reports):  # fit() names its run folder under $SSLKIT_REPORTS
         result = sslkit.fit(model, budget, method, epochs=args.epochs, seed=args.seed, device=args.device,
                             progress=args.progress, batch_size=args.batch_size)
-    finally:
-        if args.reports is not None:
-            if old_reports is None:
-                os.environ.pop("SSLKIT_REPORTS", None)
-            else:
-                os.environ["SSLKIT_REPORTS"] = old_reports
     table = result.run_dir / "pseudo_labels.csv"
     if table.is_file():
         pseudo = pd.read_csv(table, dtype=str, keep_default_na=False)
@@ -307,6 +329,126 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
         print(f"backup: {info['backup']}")
     print(f"run: {result.run_dir}")
     return 0
+
+
+def _human_budget(data: Any, kinds: Sequence[str], path: Path, label_col: str) -> Any:
+    """The file as a Budget whose training labels are the human labels alone; blank and
+    pseudo-labeled rows form the pool, the candidates to suggest."""
+    import numpy as np
+
+    from .data import UNLABELED, DataError, DatasetSplits, TextDataset, split_budget
+
+    train = data.train
+    human = np.asarray([k == "human" for k in kinds], dtype=bool)
+    present = {train.label_names[y] for y in train.labels[human]}
+    names = [s for s in train.label_names if s in present]
+    if len(names) < 2:
+        raise DataError(f"{path}: column '{label_col}' has {len(names)} human label name(s); "
+                        "suggest trains on the human labels and needs at least 2 (label a few "
+                        "rows of each class by hand first)")
+    index = {s: k for k, s in enumerate(names)}
+    y = [index[train.label_names[c]] if h else UNLABELED for c, h in zip(train.labels, human)]
+    ds = TextDataset(train.texts, np.asarray(y, dtype=np.int64), train.ids, names, train.idx,
+                     train.name, train.source)
+    return split_budget(DatasetSplits(data.name, ds, None, None, names))
+
+
+def _content_tag(budget: Any) -> str:
+    """A hash of the texts and labels the model learns from and of the pool it scores. In the run
+    name it keys the run folder to the file's content (the run id hashes only counts and settings)."""
+    import hashlib
+
+    labeled = budget.labeled
+    blob = json.dumps([labeled.texts, [budget.label_names[y] for y in labeled.labels],
+                       budget.unlabeled.texts], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:10]
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    """Train on the human labels of a file, mark the rows a person should label next (label_next).
+
+    The model learns from the human-labeled rows only (label_source other than "pseudo"): a
+    person's labels and corrections weigh fully, and a pseudo-label run's own guesses do not decide
+    which of them to check. The candidates are all the other rows, blank and pseudo-labeled (a
+    person confirms or corrects those). ``fit(..., reuse=True)`` under a run name that holds
+    :func:`_content_tag`: the same file content and settings load the finished model instead of
+    training again, and so does a file changed only by pseudo-label runs (same human labels, same
+    candidates).
+    """
+    import sslkit
+    from .devices import resolve_device
+    from .labelfile import read_label_file, write_suggestions
+    from .query import STRATEGIES, query
+
+    path = _label_file_path(args.file)
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"--strategy: unknown strategy '{args.strategy}'; known strategies: "
+                         f"{', '.join(STRATEGIES)}")
+    if args.n < 1:
+        raise ValueError(f"--n: the number of rows to suggest must be >= 1, got {args.n}")
+    _check_options(("--epochs", args.epochs, args.epochs >= 1),
+                   ("--max-length", args.max_length, args.max_length >= 8),
+                   ("--batch-size", args.batch_size, args.batch_size >= 1))
+    # every check of the file that the write-back will make, before a long training run
+    data = sslkit.load_dataset(path, text_col=args.text_col, label_col=args.label_col,
+                               id_col=args.id_col)
+    frame = read_label_file(path, label_col=args.label_col, id_col=args.id_col)
+    kinds = frame["label_source"].tolist()
+    if list(data.train.ids) != frame["id"].tolist():  # pragma: no cover - one file, read twice
+        raise ValueError(f"{path}: could not read the rows the same way twice; not written")
+    if kinds.count("human") == len(kinds):
+        return _nothing_to_suggest(args, path)
+    budget = _human_budget(data, kinds, path, args.label_col)
+
+    model = sslkit.load_backbone(args.backbone, budget.num_classes, max_length=args.max_length)
+    with _reports_env(args.reports):  # fit() names its run folder under $SSLKIT_REPORTS
+        result = sslkit.fit(model, budget, "supervised", epochs=args.epochs, seed=args.seed,
+                            device=args.device, progress=_show_progress(args),
+                            batch_size=args.batch_size, reuse=True,
+                            run_name=f"{budget.dataset}-suggest-{_content_tag(budget)}")
+    result.model.to(resolve_device(args.device))  # a reused model loads on the CPU
+    pool = budget.unlabeled
+    chosen = query(result.model, pool.texts, args.n, strategy=args.strategy, seed=args.seed,
+                   labeled=budget.labeled.texts)
+    info = write_suggestions(path, [pool.ids[i] for i in chosen.indices],
+                             texts=[pool.texts[i] for i in chosen.indices], label_col=args.label_col,
+                             id_col=args.id_col, text_col=args.text_col)
+    _report_suggestions(args, path, len(pool), info)
+    print(f"run: {result.run_dir}")
+    return 0
+
+
+def _nothing_to_suggest(args: argparse.Namespace, path: Path) -> int:
+    """Every row has a human label: say so. Marks left from an earlier run are cleared (a backup
+    first); a file without any is not touched."""
+    from .labelfile import write_suggestions
+
+    info = write_suggestions(path, [], label_col=args.label_col, id_col=args.id_col)
+    print(f"{path}: every row has a human label in column '{args.label_col}'; nothing to suggest"
+          + (f" ({info['cleared']} old mark(s) cleared in column label_next)" if info["cleared"] else ""))
+    if info["backup"] is not None:
+        print(f"backup: {info['backup']}")
+    return 0
+
+
+def _report_suggestions(args: argparse.Namespace, path: Path, candidates: int, info: dict) -> None:
+    """What suggest wrote, on stdout."""
+    if args.n > candidates:
+        print(f"--n {args.n} is more than the {candidates} row(s) without a human label; "
+              f"all {candidates} are suggested")
+    marked = info["marked"]
+    print(f"{path}: {marked} row(s) to label next, numbered 1..{marked} in column label_next "
+          f"(strategy {args.strategy}; {candidates} candidate row(s): blank or pseudo-labeled)")
+    if info["skipped_human"]:
+        print(f"{info['skipped_human']} chosen row(s) were labeled by a person during training "
+              "(left unmarked)")
+    if info["cleared"]:
+        print(f"{info['cleared']} old mark(s) cleared")
+    if not args.quiet:
+        print("label them in order: fill the label cell; on a pseudo-labeled row also set "
+              "label_source to human (the next pseudo-label / suggest run reads it as yours)")
+    if info["backup"] is not None:
+        print(f"backup: {info['backup']}")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -362,7 +504,7 @@ def _add_book_options(p: argparse.ArgumentParser) -> None:
 #: subcommand -> handler.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run, "book": _cmd_book, "index": _cmd_index, "results": _cmd_results, "predict": _cmd_predict,
-    "pseudo-label": _cmd_pseudo_label, "sweep": _cmd_sweep,
+    "pseudo-label": _cmd_pseudo_label, "suggest": _cmd_suggest, "sweep": _cmd_sweep,
 }
 
 
@@ -445,11 +587,7 @@ def _add_pseudo_label(sub: Any) -> None:
                     "id, in its own label names. A backup copy is made first; labels already in "
                     "the file are never overwritten; columns label_source, pseudo_confidence and "
                     "pseudo_round record what was pseudo-labeled. Run it again to continue.")
-    p.add_argument("file", metavar="DATA_FILE", help="a .csv / .tsv / .xlsx / .jsonl file")
-    p.add_argument("--text-col", default="text")
-    p.add_argument("--label-col", default="label", help="blank cells are the ones to fill")
-    p.add_argument("--id-col", default="id", help="a unique id per row (default id)")
-    p.add_argument("--backbone", default="minilm")
+    _add_label_file_options(p, "blank cells are the ones to fill")
     p.add_argument("--epochs", type=int, default=4, help="epochs = pseudo-label rounds")
     p.add_argument("--rounds-top-k", "--top-k", dest="top_k", type=float, default=0.1,
                    help="fraction of each class's accepted candidates kept per round")
@@ -461,19 +599,55 @@ def _add_pseudo_label(sub: Any) -> None:
     p.add_argument("--unlabeled-ratio", type=int, default=1,
                    help="unlabeled texts per labeled one in a step (3 with --strong-noise 0.2: the best "
                         "measured setting on banking77, see the README)")
+    _add_training_options(p)
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def _add_label_file_options(p: argparse.ArgumentParser, label_help: str) -> None:
+    """The label file and its columns (pseudo-label, suggest)."""
+    p.add_argument("file", metavar="DATA_FILE", help="a .csv / .tsv / .xlsx / .jsonl file")
+    p.add_argument("--text-col", default="text")
+    p.add_argument("--label-col", default="label", help=label_help)
+    p.add_argument("--id-col", default="id", help="a unique id per row (default id)")
+    p.add_argument("--backbone", default="minilm", help="a preset name or a local model folder")
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """Training settings shared by pseudo-label and suggest."""
     p.add_argument("--batch-size", type=int, default=32, help="labeled texts per step")
     p.add_argument("--max-length", type=int, default=64, help="tokens per text")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto / cpu / cuda")
     p.add_argument("--reports", default=None,
                    help="reports folder for the run record (default $SSLKIT_REPORTS or ./reports)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def _add_suggest(sub: Any) -> None:
+    p = sub.add_parser(
+        "suggest", help="mark the rows of a file a person should label next (column label_next)",
+        description="Train a classifier on the human-labeled rows of DATA_FILE, score the other rows "
+                    "(blank or pseudo-labeled) and number the N worth labeling next 1..N in column "
+                    "label_next, in the same file (a backup copy first; only that column changes; "
+                    "old marks are cleared). Label the marked rows: fill the label cell, and on a "
+                    "pseudo-labeled row also set label_source to human. Then run pseudo-label or "
+                    "suggest again. The same file content and settings reuse the trained model.")
+    _add_label_file_options(p, "the label column (blank: unlabeled)")
+    p.add_argument("--n", type=int, default=50, help="rows to mark (default 50)")
+    p.add_argument("--strategy", default="hybrid",
+                   help="hybrid (default: uncertain, diverse, balanced over predicted classes), "
+                        "margin, entropy, least_confidence, kmeans_pp, coreset or random")
+    p.add_argument("--epochs", type=int, default=6, help="supervised training epochs")
+    _add_training_options(p)
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars even when the output is not a terminal")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no how-to line")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_book, _add_sweep, _add_index, _add_results, _add_predict, _add_pseudo_label):
+    for add in (_add_run, _add_book, _add_sweep, _add_index, _add_results, _add_predict, _add_pseudo_label,
+                _add_suggest):
         add(sub)
     return parser
 
