@@ -93,9 +93,12 @@ def dataclass_values(obj: Any) -> dict:
 
 
 def budget_tag(budget) -> str:
-    """The budget as it appears in a run id: a labeled fraction, labels per class, or "natural"."""
+    """The budget as it appears in a run id: a labeled fraction, labels per class, or "natural";
+    labels bought by a query strategy carry its name ("0.05-margin"), so tables never mix them with
+    a random stratified split of the same size."""
+    chosen = getattr(budget, "chosen_by", "")
     if budget.labeled_fraction is not None:
-        return f"{budget.labeled_fraction:g}"
+        return f"{budget.labeled_fraction:g}" + (f"-{chosen}" if chosen else "")
     if budget.per_class is not None:
         return f"{budget.per_class}pc"
     return "natural"
