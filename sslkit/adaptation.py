@@ -167,18 +167,16 @@ def adapt_to_pool(model: Backbone, texts: Sequence[str], objective: str = "simcs
     record = {**asdict(settings), "pool": pool, "texts": len(texts)}
     if saved.is_file():
         state = load_file(str(saved))
-        record["seconds"] = json.loads((folder / key / "adaptation.json").read_text()).get("seconds")
     else:
         started = time.time()
         state = _train(model, texts, settings, device, progress)
-        record["seconds"] = round(time.time() - started, 1)
         (folder / key).mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(saved))
-        (folder / key / "adaptation.json").write_text(json.dumps(record, indent=2))
+        # the time goes beside the weights, not into the run id: fresh and cached must not differ
+        timing = {**record, "seconds": round(time.time() - started, 1)}
+        (folder / key / "adaptation.json").write_text(json.dumps(timing, indent=2))
     model.load_trainable_state_dict(state)
-    # "seconds" is bookkeeping: it must not split run ids between a fresh and a cached adaptation
-    model.info.extra["pool_adaptation"] = {k: v for k, v in record.items() if k != "seconds"}
-    model.adaptation_seconds = record["seconds"]
+    model.info.extra["pool_adaptation"] = record
     return model
 
 

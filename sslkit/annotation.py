@@ -20,7 +20,6 @@ that spend the same number of labels on different texts never share a run.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -48,8 +47,8 @@ def labeled_key(idx: Sequence[int] | np.ndarray) -> str:
 class AnnotatedBudget(Budget):
     """A budget whose labels were bought in rounds. The counts :meth:`Budget.describe` reports do not
     say which texts are labeled, so :meth:`describe` adds :func:`labeled_key`: the run id changes
-    whenever the labeled set does. ``chosen_by`` names the strategy (for tables, not the run id:
-    two strategies that chose the same texts train the same run)."""
+    whenever the labeled set does. ``chosen_by`` names the strategy; the budget tag of the run id
+    carries it (:func:`sslkit.runs.budget_tag`), so every strategy's runs keep their own records."""
 
     chosen_by: str = ""
     rounds: int = 0
@@ -243,17 +242,12 @@ def gain_table(frame: pd.DataFrame, baseline: str = "random", metric: str = "acc
     """Per strategy (rows of ``frame``, e.g. each run's final round): ``metric`` mean and sample
     std over seeds, and the change against ``baseline`` over the seeds both have (``delta_mean`` ±
     ``delta_std``, ``n_paired``), as :func:`sslkit.seed_table` lays it out."""
+    from .chapters import paired_seed_row
+
     per_seed = frame.pivot_table(index="seed", columns="strategy", values=metric, aggfunc="mean")
-    rows = {}
-    for strategy in dict.fromkeys(frame["strategy"]):
-        values = per_seed[strategy].dropna()
-        row = {"n": len(values), "seeds": ", ".join(str(s) for s in values.index),
-               f"{metric}_mean": values.mean(), f"{metric}_std": values.std(ddof=1)}
-        if baseline in per_seed:
-            delta = (per_seed[strategy] - per_seed[baseline]).dropna()
-            row.update({"n_paired": len(delta), "delta_mean": delta.mean() if len(delta) else math.nan,
-                        "delta_std": delta.std(ddof=1) if len(delta) > 1 else math.nan})
-        rows[strategy] = row
+    base = per_seed[baseline].dropna() if baseline in per_seed else None
+    rows = {strategy: paired_seed_row(per_seed[strategy].dropna().to_frame(metric), base)
+            for strategy in dict.fromkeys(frame["strategy"])}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

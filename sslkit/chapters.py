@@ -253,21 +253,28 @@ def seed_table(results: Mapping[str, Any], baseline: str | None = "supervised",
             per_seed[name] = pd.DataFrame({"test.accuracy": [r.test.get("accuracy")],
                                            "test.macro_f1": [r.test.get("macro_f1")]},
                                           index=pd.Index([r.summary.get("seed")], name="seed"), dtype=float)
-    rows = {}
+    names = {"test.accuracy": "accuracy", "test.macro_f1": "macro_f1"}
     base = per_seed.get(baseline) if baseline is not None else None
-    for name, frame in per_seed.items():
-        acc, f1 = frame["test.accuracy"], frame["test.macro_f1"]
-        row = {"method": results[name].summary.get("method"), "n": len(frame),
-               "seeds": ", ".join(str(s) for s in sorted(frame.index)),
-               "accuracy_mean": acc.mean(), "accuracy_std": acc.std(ddof=1),
-               "macro_f1_mean": f1.mean(), "macro_f1_std": f1.std(ddof=1)}
-        if base is not None:
-            common = frame.index.intersection(base.index)
-            delta = acc.loc[common] - base["test.accuracy"].loc[common]
-            row.update({"n_paired": len(common), "delta_mean": delta.mean() if len(common) else math.nan,
-                        "delta_std": delta.std(ddof=1) if len(common) > 1 else math.nan})
-        rows[name] = row
+    base = base["test.accuracy"] if base is not None else None
+    rows = {name: {"method": results[name].summary.get("method"), **paired_seed_row(frame.rename(columns=names), base)}
+            for name, frame in per_seed.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def paired_seed_row(frame: pd.DataFrame, base: pd.Series | None = None) -> dict:
+    """One row of a seed table from per-seed values (index: seed; one column per metric): n, the
+    seeds, ``<metric>_mean`` and sample ``<metric>_std`` per column, and with ``base`` (the
+    baseline's per-seed values of the first column) the paired change over the seeds both have:
+    ``n_paired``, ``delta_mean``, ``delta_std``."""
+    row: dict = {"n": len(frame), "seeds": ", ".join(str(s) for s in sorted(frame.index))}
+    for col in frame.columns:
+        row.update({f"{col}_mean": frame[col].mean(), f"{col}_std": frame[col].std(ddof=1)})
+    if base is not None:
+        common = frame.index.intersection(base.index)
+        delta = frame[frame.columns[0]].loc[common] - base.loc[common]
+        row.update({"n_paired": len(common), "delta_mean": delta.mean() if len(common) else math.nan,
+                    "delta_std": delta.std(ddof=1) if len(common) > 1 else math.nan})
+    return row
 
 
 # --------------------------------------------------------------------------- conclusions
