@@ -40,7 +40,7 @@ from .devices import resolve_device, resolve_precision
 from .runs import reports_dir
 from .sampling import length_grouped_batches
 
-__all__ = ["PoolAdaptation", "adapt_to_pool", "simcse_loss", "mask_tokens", "OBJECTIVES"]
+__all__ = ["PoolAdaptation", "adapt_to_pool", "adaptation_seconds", "simcse_loss", "mask_tokens", "OBJECTIVES"]
 
 OBJECTIVES = ("simcse", "mlm")
 ADAPTED_FILE = "adapters.safetensors"
@@ -164,7 +164,7 @@ def adapt_to_pool(model: Backbone, texts: Sequence[str], objective: str = "simcs
     key = _cache_key(model, settings, pool)
     folder = Path(cache_dir) if cache_dir is not None else reports_dir() / "adapted"
     saved = folder / key / ADAPTED_FILE
-    record = {**asdict(settings), "pool": pool, "texts": len(texts)}
+    record = {**asdict(settings), "pool": pool, "texts": len(texts), "key": key}
     if saved.is_file():
         state = load_file(str(saved))
     else:
@@ -178,6 +178,17 @@ def adapt_to_pool(model: Backbone, texts: Sequence[str], objective: str = "simcs
     model.load_trainable_state_dict(state)
     model.info.extra["pool_adaptation"] = record
     return model
+
+
+def adaptation_seconds(model: Backbone, cache_dir: str | Path | None = None) -> float | None:
+    """The seconds the adaptation of ``model``'s adapters took when it was computed (read from the
+    cache, so a reused adaptation still reports its cost); None for a model that was not adapted."""
+    record = model.info.extra.get("pool_adaptation")
+    if not record:
+        return None
+    folder = Path(cache_dir) if cache_dir is not None else reports_dir() / "adapted"
+    timing = folder / record["key"] / "adaptation.json"
+    return json.loads(timing.read_text())["seconds"] if timing.is_file() else None
 
 
 def _train(model: Backbone, texts: list[str], s: PoolAdaptation, device: str, progress: bool) -> dict:

@@ -24,6 +24,7 @@ __all__ = [
     "plot_learning_curves",
     "plot_metric_bars",
     "plot_tsne",
+    "plot_paths",
 ]
 
 
@@ -496,4 +497,24 @@ def plot_rampups(epochs: int = 6, rampup_epochs: float = 2.0, max_weight: float 
     ax.legend()
     ax.set_title(f"Ramp-ups over {rampup_epochs:g} epochs after a first epoch at 0")
     fig.tight_layout()
+    return fig
+
+
+def plot_paths(table: pd.DataFrame, metric: str = "accuracy", baseline: str | None = "supervised",
+               title: str | None = None, ax: Axes | None = None) -> Figure:
+    """Horizontal bars of ``<metric>_mean`` ± ``<metric>_std`` per row of a seed table (one row per
+    path or method, e.g. :func:`sslkit.recipe.recipe_table`), best at the top; a dashed line at
+    ``baseline``'s mean."""
+    rows = table.sort_values(f"{metric}_mean")
+    fig, ax = _fig_ax(ax, (7.0, 0.45 * len(rows) + 1.2))
+    means, stds = 100 * rows[f"{metric}_mean"], 100 * rows[f"{metric}_std"].fillna(0.0)
+    ax.barh(rows.index.astype(str), means, xerr=stds, color="#4C72B0", alpha=0.85, capsize=3)
+    for y, (m, n) in enumerate(zip(means, rows["n"])):
+        ax.text(m, y, f" {m:.2f} (n={int(n)})", va="center", ha="left", fontsize=8)
+    if baseline is not None and baseline in rows.index:
+        ax.axvline(100 * rows.loc[baseline, f"{metric}_mean"], color="#777", ls="--", lw=1)
+    low = float((means - stds).min())
+    ax.set_xlim(max(0.0, low - 2.0), min(100.0, float((means + stds).max()) + 2.5))
+    ax.set_xlabel(f"test {metric.replace('_', '-').replace('macro-f1', 'macro-F1')} (%), mean ± std over seeds")
+    ax.set_title(title or "")
     return fig

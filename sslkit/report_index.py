@@ -22,7 +22,8 @@ __all__ = ["BOOK", "POINT_FILE", "TIMINGS", "build_index", "read_status", "read_
 
 #: The chapters, in reading order.
 BOOK = ["00_data", "01_supervised", "02_self_training", "03_temporal_ensemble", "04_mean_teacher",
-        "05_contrastive", "06_ablation", "08_active_learning"]
+        "05_contrastive", "06_ablation", "07_recipe",
+        "08_active_learning"]
 #: Wall time of each executed notebook, merged across runs: {stem: {seconds, finished, ...}}.
 TIMINGS = "book_timings.json"
 

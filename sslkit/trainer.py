@@ -77,6 +77,7 @@ class RunOptions:
     resume_every: float = 30.0       # seconds of training between epoch checkpoints (0: after every epoch)
     run_dir: str | None = None       # default: reports/runs/<run_id>
     run_name: str | None = None      # prefix of the run id (default: dataset-budget-method-seed)
+    label: str | None = None         # the method's name in the record (default: the preset's or the method's)
     track_test: bool = False         # also score test after every epoch (learning curves per round)
     reuse: bool = False              # a finished run of the same identity is loaded, not retrained
     tracker: str | None = None       # "mlflow" | "tensorboard" | both, comma-separated; None: $SSLKIT_TRACKER
@@ -230,6 +231,7 @@ def fit(model: Backbone, budget: Budget, method: Method | str | None = None, con
     """
     method, label, overrides = resolve_method(method, overrides)
     config, options = split_options(config, **overrides)
+    label = options.label or label
     run = open_run(model, budget, method, label, config, options)
     if isinstance(run, RunResult):
         return run
@@ -263,9 +265,9 @@ def open_run(model: Backbone, budget: Budget, method: Method, label: str, config
     run_id = f"{name}-{identity}"
     run_dir = Path(options.run_dir) if options.run_dir else reports_dir() / "runs" / run_id
     if options.reuse:
-        done = finished_record(run_dir, identity)
-        if done is not None:
-            return RunResult(run_id=run_id, run_dir=run_dir, **done)
+        found = _finished_run(run_dir, identity, search=options.run_dir is None)
+        if found is not None:
+            return RunResult(run_id=found[0].name, run_dir=found[0], **found[1])
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(run_id=run_id, run_dir=run_dir, identity=identity, label=label, config=config, options=options,
                accelerator=accelerator, metrics=MetricsLog(run_dir / "metrics.jsonl"),
@@ -286,6 +288,20 @@ def open_run(model: Backbone, budget: Budget, method: Method, label: str, config
     run.tracker.start(run_id, config_record)  # a view of the record in MLflow / TensorBoard, when asked for
     _say(run, f"{run_id}: {'resuming' if run.resume_state else 'training'} on {device} ({precision})")
     return run
+
+
+def _finished_run(run_dir: Path, identity: str, search: bool) -> tuple[Path, dict] | None:
+    """A finished record of ``identity``: in ``run_dir``, else (``search``) under any other name in
+    the same runs folder. The identity hashes everything that decides the result, so a run that
+    another label trained (the recipe's FixMatch stage, trained as "recipe") is the same run."""
+    done = finished_record(run_dir, identity)
+    if done is not None:
+        return run_dir, done
+    for other in sorted(run_dir.parent.glob(f"*-{identity}")) if search else []:
+        done = finished_record(other, identity)
+        if done is not None:
+            return other, done
+    return None
 
 
 def build_training(run: _Run, model: Backbone, budget: Budget, method: Method) -> _Training:

@@ -126,8 +126,11 @@ def grown_budget(budget: Budget, pseudo) -> Budget:
 class Retrain(Supervised):
     """Second stage of self-training: a fresh model (prototype head from the grown labeled set)
     trained with the supervised loss on human + pseudo-labels, one pass over the grown set per
-    epoch. ``source_run`` names the self-training run whose pseudo-labels it uses."""
+    epoch. ``source_run`` names the run whose pseudo-labels it uses; ``min_confidence`` says which:
+    None for that run's rounds (pseudo_labels.csv), a number for every pool text its final model
+    labels with at least that confidence (:func:`sslkit.recipe.distillation_labels`)."""
 
     source_run: str = ""
+    min_confidence: float | None = None
 
     name = "self_training_retrain"
