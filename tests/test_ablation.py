@@ -189,7 +189,7 @@ def test_figures(runs):
     assert "supervised" in labels and "frozen-logreg (all labels)" in labels
     assert [t.get_text() for t in ax.get_xticklabels()] == ["5%", "10%"]
     fig2 = ablation.plot_gap_closed(ablation.gap_closed(runs))
-    assert len(fig2.axes[0].patches) == 5  # every variant below all labels except supervised
+    assert len(fig2.axes[0].patches) == 6  # every variant below all labels except supervised
     plt.close("all")
 
 
@@ -206,7 +206,7 @@ def test_budget_fraction(budget, fraction):
 def test_load_runs_reports_or_runs_folder_and_knobs(tmp_path):
     assert runs_folder(FIXTURE) == FIXTURE
     assert runs_folder(FIXTURE.parent) == FIXTURE
-    assert len(load_runs(FIXTURE)) == len(load_runs(FIXTURE.parent)) == 15
+    assert len(load_runs(FIXTURE)) == len(load_runs(FIXTURE.parent)) == 17
     _record(tmp_path, "x-1", "st", "0.1", 0, 0.5, {"threshold": "fixed"})
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "summary.json").write_text('{"run_id": "brok')  # cut short
