@@ -36,6 +36,8 @@ PRESETS: dict[str, Preset] = {
                                       "self-training with FreeMatch's thresholds"),
     "fixmatch": Preset(lambda: FixMatch(threshold=AdaptiveThreshold(), top_k=0.1),
                        "FixMatch with the adaptive thresholds, plus self-training's rounds"),
+    "fixmatch_ema": Preset(lambda: FixMatch(threshold=AdaptiveThreshold(), top_k=0.1, ema_decay=0.99),
+                           "fixmatch, also scoring an average of its weights (EMA 0.99) on dev"),
     "fixmatch_fixed": Preset(lambda: FixMatch(threshold=FixedThreshold(tau0=0.5), warmup_epochs=1),
                              "FixMatch with a fixed 0.5 threshold after one supervised epoch"),
     "pi_model": Preset(_consistency(PiModel), "Π-model: two noisy passes agree (MSE)"),

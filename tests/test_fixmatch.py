@@ -110,3 +110,36 @@ def test_fixmatch_batches_hold_mu_unlabeled_texts_per_labeled_one(budget, tmp_pa
     fit(make_tiny_model(budget), budget, Spy(mu=2, top_k=0.2), run_dir=str(tmp_path / "fm"), epochs=1,
         batch_size=8, progress=False, save_checkpoint=False)
     assert sizes and max(u for _, u in sizes) == 2 * 8  # mu x batch_size
+
+
+def test_weight_average_starts_as_a_mean_and_is_scored_beside_the_model(budget, make_tiny_model, tmp_path):
+    model = make_tiny_model(budget)
+    ctx = one_process_ctx(model, budget, epoch=1)
+    ctx.total_steps = 100
+    method = FixMatch(ema_decay=0.9)
+    method.setup(ctx)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    seen = []
+    for step in range(3):  # decay min(1 - 1/(step + 1), 0.9): 0, 1/2, 2/3 -> the mean of the three
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p))
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        ctx.step = step
+        method.after_step(ctx)
+    for n in names:
+        assert torch.allclose(method.average[n], sum(s[n] for s in seen) / 3, atol=1e-5)
+    assert set(method.eval_states(ctx)) == {"ema"}
+    restored = FixMatch(ema_decay=0.9)
+    restored.setup(ctx)
+    restored.load_state_dict(method.state_dict())
+    assert all(torch.equal(restored.average[n], method.average[n]) for n in names)
+    plain = FixMatch()
+    plain.setup(ctx)
+    assert plain.eval_states(ctx) == {} and "average" not in plain.state_dict()
+
+    result = fit(make_tiny_model(budget), budget, FixMatch(ema_decay=0.9), epochs=2, batch_size=8, progress=False,
+                 run_dir=str(tmp_path / "run"), save_checkpoint=False)
+    assert {"dev_accuracy", "dev_accuracy_ema"} <= set(result.history.columns)
+    assert result.summary["best_variant"] in ("model", "ema")

@@ -23,14 +23,17 @@ def test_labels_name_the_ingredients_and_the_default_is_the_recipe():
 
 def test_ablation_toggles_one_ingredient_at_a_time_and_keeps_the_recipe_under_its_name():
     paths = ablation(RECIPE, adapt=TINY_ADAPT)
-    assert list(paths) == ["supervised", "fixmatch", "recipe", "recipe+distil", "adapt+supervised", "adapt+recipe"]
-    assert paths["recipe"] == RECIPE
+    assert list(paths) == ["supervised", "fixmatch", "fixmatch_12ep", "recipe", "recipe+distil",
+                           "adapt+supervised", "adapt+recipe"]
+    assert paths["recipe"] == RECIPE and RECIPE.method == "fixmatch_ema"
     assert paths["supervised"].distil is None and paths["supervised"].train == {}
     assert paths["fixmatch"].train == {} and paths["fixmatch"].distil is None  # notebook 02's run
+    assert paths["fixmatch_12ep"].train == RECIPE.train  # the recipe's training, without its own method
     assert paths["recipe+distil"].train == RECIPE.train and paths["recipe+distil"].distil == Distillation()
     assert all(paths[k].adapt == TINY_ADAPT for k in paths if k.startswith("adapt+"))
-    assert list(ablation(RECIPE, adapt=None)) == ["supervised", "fixmatch", "recipe", "recipe+distil"]
-    # a recipe with the final stage: the toggle takes it away
+    assert list(ablation(RECIPE, adapt=None)) == ["supervised", "fixmatch", "fixmatch_12ep", "recipe",
+                                                  "recipe+distil"]
+    # a recipe with the plain method and a final stage: no method row, the toggle takes the stage away
     with_distil = Recipe(train={"epochs": 3}, name="mine")
     assert list(ablation(with_distil, adapt=None)) == ["supervised", "fixmatch", "mine", "mine_without_distil"]
 

@@ -193,6 +193,9 @@ def test_an_int_given_to_a_float_option_is_the_same_configuration(budget, _model
     assert FixMatch(weight=1).config()["weight"] == 1.0
     assert isinstance(FixMatch(mu=2).config()["mu"], int)  # int fields stay ints
     assert _identity(model, budget, FixMatch(weight=1)) != _identity(model, budget, FixMatch(weight=2))
+    # an optional part left off (None) is not recorded; switched on, it changes the identity
+    assert "ema_decay" not in FixMatch().config() and FixMatch(ema_decay=0.99).config()["ema_decay"] == 0.99
+    assert _identity(model, budget, FixMatch()) != _identity(model, budget, FixMatch(ema_decay=0.99))
 
 
 def test_every_setting_that_changes_results_changes_the_identity_and_bookkeeping_does_not(budget, _model,

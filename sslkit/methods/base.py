@@ -107,8 +107,10 @@ class Method:
 
     def config(self) -> dict:
         """The method's knobs, recorded in config.json (a knob that is itself configurable, such as
-        a threshold rule, records its own ``config()``)."""
+        a threshold rule, records its own ``config()``). A knob at None is an option left off and is
+        not recorded: a method gains an optional part without every earlier run changing identity."""
         if not is_dataclass(self):
             return {"name": self.name}
-        knobs = {k: v.config() if hasattr(v, "config") else v for k, v in dataclass_values(self).items()}
+        knobs = {k: v.config() if hasattr(v, "config") else v for k, v in dataclass_values(self).items()
+                 if v is not None}
         return {"name": self.name, **knobs}

@@ -13,6 +13,11 @@ self-adaptive thresholds, Wang et al. 2023), a fixed confidence (FixMatch's own)
 start. On one process, texts without a label are left out of the strong pass (their term is 0), so
 only the texts that count are forwarded.
 
+``ema_decay``: also keep an exponential moving average of the trainable weights (FixMatch's
+evaluation model): theta' <- d theta' + (1 - d) theta, with d = min(1 - 1/(step + 1), ``ema_decay``)
+so the average starts as a plain mean; the trainer scores both on dev after each epoch and tests
+the better (:meth:`FixMatch.eval_states`). None: no average.
+
 ``warmup_epochs``: epochs of the supervised loss alone before the unlabeled term starts (the
 model's first predictions are poor pseudo-labels for a fixed threshold). ``top_k``: after each
 epoch, also move that share of each class's accepted pool texts into the labeled set, as
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import model_token_noise
+from ..consistency_math import ema_decay as ema_schedule, ema_update_
 from ..thresholds import AdaptiveThreshold
 from .base import Method, take_rows
 from .self_training import observe, pseudo_label_round, setup_threshold, weak_probs
@@ -39,12 +45,23 @@ class FixMatch(Method):
     weight: float = 1.0           # lambda_u
     warmup_epochs: int = 0        # supervised-only epochs before the unlabeled term
     top_k: float | None = None    # pseudo-label rounds after each epoch (None: none)
+    ema_decay: float | None = None  # an averaged copy of the weights, scored beside them (None: none)
 
     name = "fixmatch"
     uses_unlabeled = True
 
     def setup(self, ctx) -> None:
         setup_threshold(ctx, self.threshold)
+        self.average = None if self.ema_decay is None else {
+            n: p.detach().clone() for n, p in ctx.unwrapped_model.named_parameters() if p.requires_grad}
+
+    def after_step(self, ctx) -> None:
+        if self.average is not None:
+            decay = ema_schedule(ctx.step, self.ema_decay, self.ema_decay, rampup_steps=ctx.total_steps)
+            ema_update_(self.average, ctx.unwrapped_model.named_parameters(), decay)
+
+    def eval_states(self, ctx) -> dict[str, dict[str, torch.Tensor]]:
+        return {} if self.average is None else {"ema": {n: t.clone() for n, t in self.average.items()}}
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
         out = self.supervised_step(batch, ctx)
@@ -77,7 +94,12 @@ class FixMatch(Method):
         return {} if self.top_k is None else pseudo_label_round(ctx, self.threshold, self.top_k)
 
     def state_dict(self) -> dict:
-        return {"threshold": self.threshold.state_dict()}
+        out = {"threshold": self.threshold.state_dict()}
+        if self.average is not None:
+            out["average"] = {n: t.clone() for n, t in self.average.items()}
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         self.threshold.load_state_dict(state["threshold"])
+        if "average" in state:
+            self.average = {n: t.clone() for n, t in state["average"].items()}
