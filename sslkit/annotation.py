@@ -284,9 +284,8 @@ def setup_text(dataset: str, per_class: int, targets: Sequence[float], strategie
     """The chapter's **Setup.** paragraph, from its parameters alone: the start, the rounds, the
     strategies (their one-line summaries from :data:`sslkit.query.STRATEGIES`), training and the
     semi-supervised preset on the final labels."""
-    from .chapters import SMOKE_SIZES, budget_phrase, method_text, training_text
+    from .chapters import budget_phrase, method_text, smoke_note, training_text
     from .query import STRATEGIES
-    from ._version import smoke_mode
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -296,9 +295,7 @@ def setup_text(dataset: str, per_class: int, targets: Sequence[float], strategie
             f"run's seed); the rest of train is the pool, its gold labels hidden until a simulated annotator "
             f"reveals those of the texts a strategy picks. Labels are bought in rounds, until {shares} of train is "
             f"labeled; seeds {', '.join(str(s) for s in seeds)} (split, training and query).")
-    if smoke_mode() if smoke is None else smoke:
-        sizes = " / ".join(f"{n} {k}" for k, n in SMOKE_SIZES.items())
-        text += f" *Smoke run:* each split is cut to {sizes} texts first."
+    text += smoke_note(smoke)
     text += " " + training_text(backbone, train)
     text += "\n\nStrategies:\n\n" + "\n".join(f"- `{s}`: {STRATEGIES[s].summary}" for s in strategies)
     return text + f"\n\nOn each strategy's final labels, the semi-supervised preset {method_text(method)}."

@@ -23,8 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 __all__ = ["SMOKE_SIZES", "Timer", "budget_phrase", "budget_text", "elapsed", "format_seconds", "gap_takeaway",
-           "load_budget", "method_text", "model_text", "methods_text", "run_table", "seed_table", "setup_text", "styled",
-           "takeaway", "training_text"]
+           "load_budget", "method_text", "model_text", "methods_text", "run_table", "seed_table", "setup_text",
+           "smoke_note", "styled", "takeaway", "training_text"]
 
 #: The subset a smoke run (``SSLKIT_SMOKE=1``) keeps of each split: every cell runs, on little data.
 SMOKE_SIZES = {"train": 300, "dev": 100, "test": 100}
@@ -111,12 +111,12 @@ _RELEVANT = {
 def _knob_text(knobs: Mapping[str, Any]) -> str:
     from .methods.consistency import DEFAULT_MAX_WEIGHT
 
+    if "consistency" in knobs and knobs.get("max_weight") is None:  # None (not recorded): the loss's default
+        knobs = {**knobs, "max_weight": DEFAULT_MAX_WEIGHT.get(knobs["consistency"])}
     out = []
     for key, value in knobs.items():
         if key == "name" or (key in _RELEVANT and not _RELEVANT[key](knobs)):
             continue
-        if key == "max_weight" and value is None:
-            value = DEFAULT_MAX_WEIGHT.get(knobs.get("consistency"))
         if value is None or value is False:
             continue
         if isinstance(value, Mapping):  # a threshold rule: "threshold adaptive (tau0 0.8, ema 0.9)"
@@ -142,6 +142,14 @@ def methods_text(methods: Iterable[str]) -> str:
     return "\n".join(f"- {method_text(m)}" for m in methods)
 
 
+def smoke_note(smoke: bool | None = None) -> str:
+    """" *Smoke run:* each split is cut to ..." under a smoke run (``SSLKIT_SMOKE=1``), else ""."""
+    if not _smoke(smoke):
+        return ""
+    sizes = " / ".join(f"{n} {k}" for k, n in SMOKE_SIZES.items())
+    return f" *Smoke run:* each split is cut to {sizes} texts first."
+
+
 def setup_text(dataset: str, labeled: float | None = 0.1, per_class: int | None = None, seed: int = 0, *,
                backbone: str | None = None, train: Mapping[str, Any] | None = None,
                methods: Sequence[str] | None = None, smoke: bool | None = None) -> str:
@@ -150,9 +158,7 @@ def setup_text(dataset: str, labeled: float | None = 0.1, per_class: int | None 
     text = (f"**Setup.** `{dataset}`, with {budget_phrase(labeled, per_class)} kept (stratified by class, "
             f"split seed {seed}); the rest of train is the unlabeled pool, its gold labels hidden from every "
             "method and used only to score pseudo-labels.")
-    if _smoke(smoke):
-        sizes = " / ".join(f"{n} {k}" for k, n in SMOKE_SIZES.items())
-        text += f" *Smoke run:* each split is cut to {sizes} texts first."
+    text += smoke_note(smoke)
     if backbone is not None and train is not None:
         text += " " + training_text(backbone, train)
     if methods:

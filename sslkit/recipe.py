@@ -285,14 +285,11 @@ def describe(path: Recipe) -> str:
 def setup_text(dataset: str, labeled: float, seeds: Sequence[int], paths: Mapping[str, Recipe], *, backbone: str,
                train: Mapping[str, Any], smoke: bool | None = None) -> str:
     """Notebook 07's **Setup.** paragraph, from its parameters alone."""
-    from ._version import smoke_mode
-    from .chapters import SMOKE_SIZES, budget_phrase, training_text
+    from .chapters import budget_phrase, smoke_note, training_text
 
     text = (f"**Setup.** `{dataset}`, {budget_phrase(labeled, None)} (stratified; the rest of train is the "
             f"unlabeled pool); seeds {', '.join(str(s) for s in seeds)} (split and training). Dev picks the "
             f"checkpoint of every stage; test is read once per stage.")
-    if smoke_mode() if smoke is None else smoke:
-        sizes = " / ".join(f"{n} {k}" for k, n in SMOKE_SIZES.items())
-        text += f" *Smoke run:* each split is cut to {sizes} texts first."
+    text += smoke_note(smoke)
     text += " " + training_text(backbone, train)
     return text + "\n\nPaths:\n\n" + "\n".join(f"- `{label}`: {describe(p)}" for label, p in paths.items())
