@@ -130,6 +130,11 @@ def _adapter_state(model: Backbone) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in head}
 
 
+def _cache_folder(cache_dir: str | Path | None) -> Path:
+    """Where adapted adapters are cached: ``cache_dir``, else ``<reports>/adapted``."""
+    return Path(cache_dir) if cache_dir is not None else reports_dir() / "adapted"
+
+
 def _cache_key(model: Backbone, settings: PoolAdaptation, pool: str) -> str:
     h = hashlib.sha256()
     info = {k: v for k, v in asdict(model.info).items() if k not in ("label_names", "path", "num_labels")}
@@ -162,7 +167,7 @@ def adapt_to_pool(model: Backbone, texts: Sequence[str], objective: str = "simcs
         raise ValueError("adapt_to_pool trains the LoRA adapters; this backbone has none (load it with lora=...)")
     pool = _fingerprint(texts)
     key = _cache_key(model, settings, pool)
-    folder = Path(cache_dir) if cache_dir is not None else reports_dir() / "adapted"
+    folder = _cache_folder(cache_dir)
     saved = folder / key / ADAPTED_FILE
     record = {**asdict(settings), "pool": pool, "texts": len(texts), "key": key}
     if saved.is_file():
@@ -186,7 +191,7 @@ def adaptation_seconds(model: Backbone, cache_dir: str | Path | None = None) -> 
     record = model.info.extra.get("pool_adaptation")
     if not record:
         return None
-    folder = Path(cache_dir) if cache_dir is not None else reports_dir() / "adapted"
+    folder = _cache_folder(cache_dir)
     timing = folder / record["key"] / "adaptation.json"
     return json.loads(timing.read_text())["seconds"] if timing.is_file() else None
 

@@ -122,11 +122,12 @@ class RecipeRun:
 def distillation_labels(model, budget: Budget, min_confidence: float, batch_size: int = 128) -> pd.DataFrame:
     """The pool texts ``model`` labels with confidence >= ``min_confidence``: idx, label, confidence
     (the rows :func:`sslkit.methods.grown_budget` takes). Pool gold labels are not read."""
+    from scipy.special import softmax
+
     from .inference import predict_logits
 
-    logits = np.asarray(predict_logits(model, budget.unlabeled.texts, batch_size=batch_size), dtype=np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    logits = predict_logits(model, budget.unlabeled.texts, batch_size=batch_size)
+    probs = softmax(np.asarray(logits, dtype=np.float64), axis=1)
     confidence, pred = probs.max(axis=1), probs.argmax(axis=1)
     keep = confidence >= min_confidence
     names = np.asarray(budget.label_names, dtype=object)

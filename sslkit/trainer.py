@@ -297,7 +297,8 @@ def _finished_run(run_dir: Path, identity: str, search: bool) -> tuple[Path, dic
     done = finished_record(run_dir, identity)
     if done is not None:
         return run_dir, done
-    for other in sorted(run_dir.parent.glob(f"*-{identity}")) if search else []:
+    others = sorted(p for p in run_dir.parent.glob(f"*-{identity}") if p != run_dir) if search else []
+    for other in others:
         done = finished_record(other, identity)
         if done is not None:
             return other, done

@@ -52,8 +52,7 @@ class FixMatch(Method):
 
     def setup(self, ctx) -> None:
         setup_threshold(ctx, self.threshold)
-        self.average = None if self.ema_decay is None else {
-            n: p.detach().clone() for n, p in ctx.unwrapped_model.named_parameters() if p.requires_grad}
+        self.average = None if self.ema_decay is None else ctx.unwrapped_model.trainable_state_dict()
 
     def after_step(self, ctx) -> None:
         if self.average is not None:
