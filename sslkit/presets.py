@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .methods import (Contrastive, FixMatch, MeanTeacher, Method, PiModel, SelfTraining, Supervised,
+from .methods import (Contrastive, FixMatch, MeanTeacher, Method, PiModel, SelfTraining, SoftMatch, Supervised,
                       TemporalEnsemble)
 from .thresholds import AdaptiveThreshold, FixedThreshold, FreeMatchThreshold
 
@@ -38,6 +38,8 @@ PRESETS: dict[str, Preset] = {
                        "FixMatch with the adaptive thresholds, plus self-training's rounds"),
     "fixmatch_ema": Preset(lambda: FixMatch(threshold=AdaptiveThreshold(), top_k=0.1, ema_decay=0.99),
                            "fixmatch, also scoring an average of its weights (EMA 0.99) on dev"),
+    "softmatch": Preset(lambda: SoftMatch(threshold=AdaptiveThreshold(), top_k=0.1, ema_decay=0.99),
+                        "fixmatch_ema with SoftMatch's weights: every pool text counts, by confidence"),
     "fixmatch_fixed": Preset(lambda: FixMatch(threshold=FixedThreshold(tau0=0.5), warmup_epochs=1),
                              "FixMatch with a fixed 0.5 threshold after one supervised epoch"),
     "pi_model": Preset(_consistency(PiModel), "Π-model: two noisy passes agree (MSE)"),

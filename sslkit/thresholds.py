@@ -18,6 +18,9 @@ number of classes is known.
 
 After each round, :func:`class_balanced_top_k` keeps, within each pseudo-class, the top fraction
 by confidence (at least one per class that has candidates).
+
+SoftMatch (Chen et al. 2023) weighs every text instead of thresholding it: :func:`align_to_uniform`,
+:func:`soft_weights` and their running statistics, :class:`SoftWeighting`.
 """
 from __future__ import annotations
 
@@ -189,3 +192,60 @@ def class_balanced_top_k(labels: torch.Tensor, confidence: torch.Tensor, fractio
     keep_n = torch.clamp((counts.float() * fraction + 1e-9).floor().long(), min=1)
     kept = cand[order[rank < keep_n[lab_sorted]]]
     return torch.sort(kept).values
+
+
+# --------------------------------------------------------------------------- soft weighting (SoftMatch)
+def align_to_uniform(probs: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:
+    """Uniform alignment (SoftMatch, Chen et al. 2023; ReMixMatch's distribution alignment with a
+    uniform target): q~ = normalize(q / p_model), where p_model is the running mean prediction on
+    the pool. A class the model under-predicts gets its probabilities scaled up, so its texts reach
+    a pseudo-label as often as the others'."""
+    q = probs.float() / p_model.to(probs.device).float().clamp_min(EPS)
+    return q / q.sum(dim=1, keepdim=True)
+
+
+def soft_weights(max_probs: torch.Tensor, mean: torch.Tensor | float, var: torch.Tensor | float,
+                 n_sigma: float = 2.0) -> torch.Tensor:
+    """SoftMatch's per-text weight of the unlabeled loss (Chen et al. 2023, eq. 7):
+
+        w_i = 1                                                  if p_i >= mean
+        w_i = exp(-(p_i - mean)^2 / (2 var / n_sigma^2))         otherwise
+
+    with p_i = max_c q~_ic and (mean, var) the running mean and variance of p_i: a truncated
+    Gaussian, so no text is dropped outright and the confident half counts fully."""
+    below = (max_probs.float() - torch.as_tensor(mean, dtype=torch.float32, device=max_probs.device)).clamp(max=0)
+    var = torch.as_tensor(var, dtype=torch.float32, device=max_probs.device).clamp_min(EPS)
+    return torch.exp(-below.pow(2) / (2 * var / n_sigma ** 2))
+
+
+class SoftWeighting:
+    """SoftMatch's running statistics, updated from each step's weak predictions (EMA ``ema``):
+    p_model (mean prediction, for :func:`align_to_uniform`) and the mean and variance of the
+    aligned max-probability (for :func:`soft_weights`). Start: p_model = 1/C, mean = 1/C, var = 1."""
+
+    def __init__(self, num_classes: int, ema: float = 0.999, n_sigma: float = 2.0):
+        self.ema, self.n_sigma = ema, n_sigma
+        self.p_model = torch.full((num_classes,), 1.0 / num_classes)
+        self.mean, self.var = torch.tensor(1.0 / num_classes), torch.tensor(1.0)
+
+    @torch.no_grad()
+    def __call__(self, probs: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update from weak probabilities [B, C]; returns (hard labels [B], weights [B])."""
+        probs = probs.detach().float()
+        lam, red = self.ema, reduce or (lambda t: t)
+        self.p_model = self.p_model.to(probs.device)
+        self.p_model = lam * self.p_model + (1 - lam) * red(probs.mean(0))
+        aligned = align_to_uniform(probs, self.p_model)
+        top, labels = aligned.max(dim=1)
+        mean = red(top.mean())
+        var = red(top.var(unbiased=True)) if top.numel() > 1 else self.var.to(top.device)
+        self.mean = lam * self.mean.to(top.device) + (1 - lam) * mean
+        self.var = lam * self.var.to(top.device) + (1 - lam) * var
+        return labels, soft_weights(top, self.mean, self.var, self.n_sigma)
+
+    def state_dict(self) -> dict:
+        return {"p_model": self.p_model.cpu(), "mean": self.mean.cpu(), "var": self.var.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p_model, self.mean, self.var = state["p_model"], state["mean"], state["var"]

@@ -8,8 +8,9 @@ from .fixmatch import FixMatch
 from .mean_teacher import MeanTeacher
 from .pi_model import PiModel
 from .self_training import Retrain, SelfTraining, grown_budget
+from .softmatch import SoftMatch
 from .supervised import Supervised
 from .temporal_ensemble import TemporalEnsemble
 
 __all__ = ["Method", "Contrastive", "FixMatch", "MeanTeacher", "PiModel", "Retrain", "SelfTraining",
-           "Supervised", "TemporalEnsemble", "grown_budget"]
+           "SoftMatch", "Supervised", "TemporalEnsemble", "grown_budget"]

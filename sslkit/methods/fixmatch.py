@@ -75,9 +75,11 @@ class FixMatch(Method):
         return {**out, "loss": out["loss"] + self.weight * unsup, "unsup": unsup.detach(),
                 "mask_rate": (labels >= 0).float().mean()}
 
-    def strong_view_loss(self, ctx, unl: dict, labels: torch.Tensor) -> torch.Tensor:
-        """1/n sum_i [y_i >= 0] CE(f(A(u_i)), y_i) over the n unlabeled rows. Several processes keep
-        every row in the pass (DDP takes the same graph on each), masked instead."""
+    def strong_view_loss(self, ctx, unl: dict, labels: torch.Tensor, weights: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """1/n sum_i w_i [y_i >= 0] CE(f(A(u_i)), y_i) over the n unlabeled rows (w_i = 1 unless
+        ``weights`` [n] are given). Several processes keep every row in the pass (DDP takes the same
+        graph on each), masked instead."""
         rows = labels >= 0 if ctx.accelerator.num_processes == 1 else torch.ones_like(labels, dtype=torch.bool)
         part = take_rows(unl, rows)
         if part is None:
@@ -87,6 +89,8 @@ class FixMatch(Method):
         logits = ctx.model(input_ids=ids, attention_mask=mask)
         kept = labels[rows]
         per = F.cross_entropy(logits.float(), kept.clamp(min=0), reduction="none") * (kept >= 0).float()
+        if weights is not None:
+            per = per * weights[rows].to(per.dtype)
         return per.sum() / labels.shape[0]
 
     def after_epoch(self, ctx) -> dict:
