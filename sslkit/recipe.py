@@ -73,7 +73,8 @@ class Recipe:
 #: epoch 6 while the pool keeps feeding pseudo-labels; the supervised run gains nothing from more
 #: epochs), with an average of its weights scored beside them (FixMatch's evaluation model).
 #: Distillation and pool adaptation are left out: on banking77 both lower test accuracy (notebook 07
-#: measures them as the recipe's ablation).
+#: measures them as the recipe's ablation). So do SoftMatch's soft weights in place of the threshold
+#: (preset "softmatch") and label smoothing, screened the same way.
 RECIPE = Recipe(method="fixmatch_ema", train={"epochs": 12}, distil=None, name="recipe")
 
 #: The adaptation the ablation adds: task-adaptive masked-language modelling, one pass over the pool.
