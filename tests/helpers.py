@@ -32,3 +32,16 @@ def parts(model, budget, n_labeled: int = 4, n_unlabeled: int = 8) -> tuple[dict
     unl = model.collate(model.tokenize(budget.unlabeled.texts[:n_unlabeled]))
     unl["idx"] = torch.as_tensor(budget.unlabeled.idx[:n_unlabeled])
     return lab, unl
+
+
+def noiseless_parts(model, budget, monkeypatch) -> tuple[dict, dict, torch.Tensor]:
+    """(labeled part, unlabeled part, float logits of the unlabeled texts) with dropout off and
+    FixMatch's strong view made the identity, so a test recomputes the unlabeled term directly."""
+    from sslkit.methods import fixmatch as fixmatch_module
+
+    model.eval()
+    monkeypatch.setattr(fixmatch_module, "model_token_noise", lambda model, ids, attn, rate: (ids, attn))
+    lab, unl = parts(model, budget)
+    with torch.no_grad():
+        logits = model(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"]).float()
+    return lab, unl, logits

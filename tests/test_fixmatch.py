@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_process_ctx, parts
+from helpers import noiseless_parts, one_process_ctx, parts
 
 from sslkit.methods import FixMatch
 from sslkit.methods import fixmatch as fixmatch_module
@@ -47,11 +47,7 @@ def test_unlabeled_term_moves_the_weights_through_the_strong_view(budget, make_t
 def test_rows_without_a_pseudo_label_skip_the_strong_pass(budget, make_tiny_model, monkeypatch):
     """The term is the mean over the whole unlabeled batch, computed from a pass over the kept rows only."""
     model = make_tiny_model(budget)
-    model.eval()  # no dropout: both computations see the same function
-    monkeypatch.setattr(fixmatch_module, "model_token_noise", lambda model, ids, attn, rate: (ids, attn))
-    lab, unl = parts(model, budget)
-    with torch.no_grad():
-        logits = model(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"])
+    lab, unl, logits = noiseless_parts(model, budget, monkeypatch)
     probs = torch.softmax(logits.float(), -1)
     conf = probs.max(-1).values
     ranked = conf.sort().values

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_process_ctx, parts
+from helpers import noiseless_parts, one_process_ctx
 
 from sslkit.methods import SoftMatch
-from sslkit.methods import fixmatch as fixmatch_module
 from sslkit.presets import PRESETS
 from sslkit.thresholds import SoftWeighting, align_to_uniform, soft_weights
 
@@ -64,11 +63,7 @@ def budget(mcid_budget):
 def test_every_unlabeled_text_is_forwarded_and_weighted(budget, make_tiny_model, monkeypatch):
     """Unlike FixMatch no text is dropped: the strong pass holds all rows, each loss times its weight."""
     model = make_tiny_model(budget)
-    model.eval()  # no dropout: both computations see the same function
-    monkeypatch.setattr(fixmatch_module, "model_token_noise", lambda model, ids, attn, rate: (ids, attn))
-    lab, unl = parts(model, budget)
-    with torch.no_grad():
-        logits = model(input_ids=unl["input_ids"], attention_mask=unl["attention_mask"]).float()
+    lab, unl, logits = noiseless_parts(model, budget, monkeypatch)
     method = SoftMatch(soft_ema=0.5)
     method.setup(one_process_ctx(model, budget, epoch=1))
     method.weighting.mean, method.weighting.var = torch.tensor(1.0), torch.tensor(1e-3)  # weights differ

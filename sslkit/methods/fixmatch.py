@@ -70,10 +70,16 @@ class FixMatch(Method):
         probs = weak_probs(ctx, unl)
         if self.threshold.adapts:
             observe(ctx, self.threshold, probs)
-        labels, _ = self.threshold.pseudo_labels(probs)
-        unsup = self.strong_view_loss(ctx, unl, labels)
+        labels, weights = self.targets(probs)
+        unsup = self.strong_view_loss(ctx, unl, labels, weights)
+        share = (labels >= 0).float() if weights is None else weights
         return {**out, "loss": out["loss"] + self.weight * unsup, "unsup": unsup.detach(),
-                "mask_rate": (labels >= 0).float().mean()}
+                "mask_rate": share.mean()}
+
+    def targets(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pseudo-labels [n], -1 where none; per-text weights [n] or None) from weak probabilities:
+        here the threshold rule's labels, each weighing 1."""
+        return self.threshold.pseudo_labels(probs)[0], None
 
     def strong_view_loss(self, ctx, unl: dict, labels: torch.Tensor, weights: torch.Tensor | None = None
                          ) -> torch.Tensor:

@@ -24,7 +24,6 @@ import torch
 
 from ..thresholds import SoftWeighting
 from .fixmatch import FixMatch
-from .self_training import observe, weak_probs
 
 
 @dataclass
@@ -39,18 +38,9 @@ class SoftMatch(FixMatch):
         acc = ctx.accelerator
         self.reduce = (lambda t: acc.reduce(t, reduction="mean")) if acc.num_processes > 1 else None
 
-    def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
-        out = self.supervised_step(batch, ctx)
-        unl = batch["unlabeled"]
-        if unl is None or ctx.epoch <= self.warmup_epochs:
-            return out
-        probs = weak_probs(ctx, unl)
-        if self.threshold.adapts:
-            observe(ctx, self.threshold, probs)
-        labels, weights = self.weighting(probs, self.reduce)
-        unsup = self.strong_view_loss(ctx, unl, labels, weights)
-        return {**out, "loss": out["loss"] + self.weight * unsup, "unsup": unsup.detach(),
-                "mask_rate": weights.mean()}
+    def targets(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every text's aligned argmax, weighted by :class:`~sslkit.thresholds.SoftWeighting`."""
+        return self.weighting(probs, self.reduce)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "weighting": self.weighting.state_dict()}
