@@ -59,7 +59,7 @@ def test_rows_without_a_pseudo_label_skip_the_strong_pass(budget, make_tiny_mode
     out = method.loss({"labeled": lab, "unlabeled": unl}, ctx)
     kept = conf > cut
     assert 0 < int(kept.sum()) < 8
-    assert forwarded == [4, 8, int(kept.sum())]  # labeled, weak view, then the strong view of the kept rows
+    assert forwarded == [8, 4, int(kept.sum())]  # weak view, labeled, then the strong view of the kept rows
     per = F.cross_entropy(logits, probs.argmax(-1), reduction="none") * kept
     assert float(out["unsup"]) == pytest.approx(float(per.mean()), rel=1e-4)
     assert float(out["mask_rate"]) == pytest.approx(float(kept.float().mean()))
@@ -69,7 +69,7 @@ def test_warmup_epochs_train_on_labels_alone(budget, make_tiny_model):
     model = make_tiny_model(budget)
     lab, unl = parts(model, budget)
     method = FixMatch(threshold=FixedThreshold(tau0=0.0, margin=-1.0), warmup_epochs=1)
-    for epoch, expected in ((1, [4]), (2, [4, 8, 8])):
+    for epoch, expected in ((1, [4]), (2, [8, 4, 8])):
         ctx = one_process_ctx(model, budget, epoch=epoch)
         method.setup(ctx)
         forwarded = _spy_forward(model)
@@ -139,3 +139,29 @@ def test_weight_average_starts_as_a_mean_and_is_scored_beside_the_model(budget, 
                  run_dir=str(tmp_path / "run"), save_checkpoint=False)
     assert {"dev_accuracy", "dev_accuracy_ema"} <= set(result.history.columns)
     assert result.summary["best_variant"] in ("model", "ema")
+
+
+def test_ema_teacher_labels_the_pool_with_the_average_and_gives_the_weights_back(budget, make_tiny_model,
+                                                                                 monkeypatch):
+    """With ema_teacher the weak view's probabilities are the average's, the model's own weights are
+    back after the step, and without it they are the model's."""
+    model = make_tiny_model(budget)
+    ctx = one_process_ctx(model, budget, epoch=1)
+    lab, unl = parts(model, budget)
+    method = FixMatch(threshold=FixedThreshold(tau0=0.0, margin=-1.0), ema_decay=0.9, ema_teacher=True)
+    method.setup(ctx)
+    own = model.trainable_state_dict()
+    method.average = {n: t + 0.5 * torch.randn_like(t) for n, t in own.items()}  # an average far from the model
+    seen = []
+    real = fixmatch_module.weak_probs
+    monkeypatch.setattr(fixmatch_module, "weak_probs", lambda c, part: seen.append(real(c, part)) or seen[-1])
+    method.loss({"labeled": lab, "unlabeled": unl}, ctx)["loss"].backward()  # the swap left the graph intact
+    with_own = FixMatch(threshold=FixedThreshold(tau0=0.0, margin=-1.0), ema_decay=0.9)
+    with_own.setup(ctx)
+    with_own.loss({"labeled": lab, "unlabeled": unl}, ctx)
+    assert all(torch.equal(p, own[n]) for n, p in model.trainable_state_dict().items())
+    model.load_trainable_state_dict(method.average)
+    assert torch.allclose(seen[0], real(ctx, unl), atol=1e-6)
+    assert not torch.allclose(seen[0], seen[1], atol=1e-3)
+    with pytest.raises(ValueError, match="ema_decay"):
+        FixMatch(ema_teacher=True).setup(ctx)

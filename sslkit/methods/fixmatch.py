@@ -16,7 +16,9 @@ only the texts that count are forwarded.
 ``ema_decay``: also keep an exponential moving average of the trainable weights (FixMatch's
 evaluation model): theta' <- d theta' + (1 - d) theta, with d = min(1 - 1/(step + 1), ``ema_decay``)
 so the average starts as a plain mean; the trainer scores both on dev after each epoch and tests
-the better (:meth:`FixMatch.eval_states`). None: no average.
+the better (:meth:`FixMatch.eval_states`). None: no average. ``ema_teacher``: the average, not the
+model, labels the pool (the weak view and the rounds), as in mean-teacher pseudo-labelling: its
+predictions lag the model's by about 1/(1 - d) steps and are steadier (left at None: the model).
 
 ``warmup_epochs``: epochs of the supervised loss alone before the unlabeled term starts (the
 model's first predictions are poor pseudo-labels for a fixed threshold). ``top_k``: after each
@@ -25,6 +27,7 @@ epoch, also move that share of each class's accepted pool texts into the labeled
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -46,11 +49,14 @@ class FixMatch(Method):
     warmup_epochs: int = 0        # supervised-only epochs before the unlabeled term
     top_k: float | None = None    # pseudo-label rounds after each epoch (None: none)
     ema_decay: float | None = None  # an averaged copy of the weights, scored beside them (None: none)
+    ema_teacher: bool | None = None  # the average labels the pool (needs ema_decay; None: the model does)
 
     name = "fixmatch"
     uses_unlabeled = True
 
     def setup(self, ctx) -> None:
+        if self.ema_teacher and self.ema_decay is None:
+            raise ValueError("FixMatch(ema_teacher=True) needs ema_decay: the teacher is the average")
         setup_threshold(ctx, self.threshold)
         self.average = None if self.ema_decay is None else ctx.unwrapped_model.trainable_state_dict()
 
@@ -63,11 +69,12 @@ class FixMatch(Method):
         return {} if self.average is None else {"ema": {n: t.clone() for n, t in self.average.items()}}
 
     def loss(self, batch: dict, ctx) -> dict[str, torch.Tensor]:
-        out = self.supervised_step(batch, ctx)
         unl = batch["unlabeled"]
         if unl is None or ctx.epoch <= self.warmup_epochs:
-            return out
-        probs = weak_probs(ctx, unl)
+            return self.supervised_step(batch, ctx)
+        with self.teacher(ctx):  # before any pass with gradient: the teacher's swap writes weights in place
+            probs = weak_probs(ctx, unl)
+        out = self.supervised_step(batch, ctx)
         if self.threshold.adapts:
             observe(ctx, self.threshold, probs)
         labels, weights = self.targets(probs)
@@ -99,8 +106,26 @@ class FixMatch(Method):
             per = per * weights[rows].to(per.dtype)
         return per.sum() / labels.shape[0]
 
+    @contextmanager
+    def teacher(self, ctx):
+        """Within the block the model holds the weights that label the pool: the average when
+        ``ema_teacher``, else its own (then nothing is swapped)."""
+        if not self.ema_teacher:
+            yield
+            return
+        model = ctx.unwrapped_model
+        own = model.trainable_state_dict()
+        model.load_trainable_state_dict(self.average)
+        try:
+            yield
+        finally:
+            model.load_trainable_state_dict(own)
+
     def after_epoch(self, ctx) -> dict:
-        return {} if self.top_k is None else pseudo_label_round(ctx, self.threshold, self.top_k)
+        if self.top_k is None:
+            return {}
+        with self.teacher(ctx):
+            return pseudo_label_round(ctx, self.threshold, self.top_k)
 
     def state_dict(self) -> dict:
         out = {"threshold": self.threshold.state_dict()}
