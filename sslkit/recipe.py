@@ -75,7 +75,8 @@ class Recipe:
 #: with an average of its weights scored beside them (FixMatch's evaluation model).
 #: Distillation and pool adaptation are left out: on banking77 both lower test accuracy (notebook 07
 #: measures them as the recipe's ablation). So do SoftMatch's soft weights in place of the threshold
-#: (preset "softmatch") and label smoothing, screened the same way.
+#: (preset "softmatch"), the average as the teacher that labels the pool (preset
+#: "fixmatch_ema_teacher") and label smoothing, screened the same way.
 RECIPE = Recipe(method="fixmatch_ema", train={"epochs": 12}, distil=None, name="recipe")
 
 #: The adaptation the ablation adds: task-adaptive masked-language modelling, one pass over the pool.
