@@ -433,9 +433,8 @@ def evaluate_epoch(run: _Run, training: _Training, budget: Budget, epoch: int) -
     variants = {"": student, **{f"_{k}": v for k, v in training.method.eval_states(training.ctx).items()}}
     improved = False
     for suffix, state in variants.items():
-        if suffix:
-            model.load_trainable_state_dict(state)
-        scored = _score_splits(run, model, budget)
+        with model.holding(state if suffix else None):
+            scored = _score_splits(run, model, budget)
         for split, result in scored.items():
             record.update({f"{split}_{m}{suffix}": result["metrics"][m] for m in ("accuracy", "macro_f1")})
         # no dev split: the last epoch (of the model itself) is the best
@@ -443,8 +442,6 @@ def evaluate_epoch(run: _Run, training: _Training, budget: Budget, epoch: int) -
         if score > p.best["dev_macro_f1"]:
             p.best = {"dev_macro_f1": score, "epoch": epoch, "state": state, "variant": suffix[1:] or "model"}
             p.best_eval, improved = scored, True
-    if len(variants) > 1:
-        model.load_trainable_state_dict(student)
     p.bad_epochs = 0 if improved else p.bad_epochs + 1
     record["best_epoch"] = p.best["epoch"]
     if run.main:

@@ -210,6 +210,21 @@ class Backbone(nn.Module):
         """Only the parameters that train (LoRA adapters + head): small, cheap to copy."""
         return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
 
+    @contextlib.contextmanager
+    def holding(self, state: dict[str, torch.Tensor] | None):
+        """Within the block the trainable weights are ``state`` (None: the model's own, nothing is
+        swapped); the model's own are back afterwards, also after an error. Copies in place, so a
+        pass with gradient must not span the swap."""
+        if state is None:
+            yield
+            return
+        own = self.trainable_state_dict()
+        self.load_trainable_state_dict(state)
+        try:
+            yield
+        finally:
+            self.load_trainable_state_dict(own)
+
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         params = dict(self.named_parameters())
         missing = [n for n in state if n not in params]

@@ -27,7 +27,6 @@ epoch, also move that share of each class's accepted pool texts into the labeled
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -106,20 +105,10 @@ class FixMatch(Method):
             per = per * weights[rows].to(per.dtype)
         return per.sum() / labels.shape[0]
 
-    @contextmanager
     def teacher(self, ctx):
-        """Within the block the model holds the weights that label the pool: the average when
+        """A block within which the model holds the weights that label the pool: the average when
         ``ema_teacher``, else its own (then nothing is swapped)."""
-        if not self.ema_teacher:
-            yield
-            return
-        model = ctx.unwrapped_model
-        own = model.trainable_state_dict()
-        model.load_trainable_state_dict(self.average)
-        try:
-            yield
-        finally:
-            model.load_trainable_state_dict(own)
+        return ctx.unwrapped_model.holding(self.average if self.ema_teacher else None)
 
     def after_epoch(self, ctx) -> dict:
         if self.top_k is None:
