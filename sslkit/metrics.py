@@ -22,6 +22,7 @@ __all__ = [
     "per_class_report",
     "confusion",
     "pseudo_label_quality",
+    "confused_pairs",
     "embedding_geometry",
 ]
 
@@ -130,6 +131,36 @@ def pseudo_label_quality(
         "precision": precision,
         "coverage": coverage,
     }
+
+
+def confused_pairs(
+    gold: Sequence, pred: Sequence, confidence: Sequence[float] | np.ndarray | None = None,
+    confident: float = 0.9,
+) -> pd.DataFrame:
+    """The errors by unordered pair of classes, most frequent first.
+
+    An error with gold ``a`` and prediction ``b`` counts for the pair (min(a, b), max(a, b)), so
+    both directions of one confusion add up. Columns: ``errors``, ``share`` (of all errors) and,
+    with ``confidence``, ``confident`` (errors predicted with confidence >= ``confident``: no
+    threshold below that value filters them out). Labels may be ints or names.
+    """
+    g, p = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
+    _check_same_length(g, p, "gold", "pred")
+    wrong = g != p
+    columns = ["class_a", "class_b", "errors", "share"] + ([] if confidence is None else ["confident"])
+    if not wrong.any():
+        return pd.DataFrame(columns=columns).set_index(["class_a", "class_b"])
+    pairs = pd.DataFrame({"class_a": np.where(g < p, g, p)[wrong], "class_b": np.where(g < p, p, g)[wrong]})
+    if confidence is not None:
+        c = np.asarray(confidence, dtype=float)
+        _check_same_length(g, c, "gold", "confidence")
+        pairs["confident"] = (c[wrong] >= confident).astype(np.int64)
+    grouped = pairs.groupby(["class_a", "class_b"])
+    out = grouped.size().rename("errors").to_frame()
+    out["share"] = out["errors"] / int(wrong.sum())
+    if confidence is not None:
+        out["confident"] = grouped["confident"].sum()
+    return out.sort_values(["errors"], ascending=False, kind="stable")[columns[2:]]
 
 
 def embedding_geometry(

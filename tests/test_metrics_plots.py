@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from sslkit.metrics import (  # noqa: E402
     classification_metrics,
+    confused_pairs,
     confusion,
     per_class_report,
     pseudo_label_quality,
@@ -93,6 +94,29 @@ def test_confusion_shape_with_absent_classes():
     rates = confusion([0, 1, 1], [0, 3, 1], num_classes=5, normalize="true")
     np.testing.assert_allclose(rates[1], [0, 0.5, 0, 0.5, 0])
     np.testing.assert_allclose(rates[2], 0.0)  # absent class -> zero row, not NaN
+
+
+def test_confused_pairs_counts_both_directions_of_a_pair_against_a_loop():
+    rng = np.random.default_rng(0)
+    gold, pred = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+    conf = rng.random(300)
+    table = confused_pairs(gold, pred, conf, confident=0.7)
+    by_hand: dict = {}
+    for g, p, c in zip(gold, pred, conf):
+        if g != p:
+            n, k = by_hand.get((min(g, p), max(g, p)), (0, 0))
+            by_hand[(min(g, p), max(g, p))] = (n + 1, k + int(c >= 0.7))
+    assert {pair: (int(r.errors), int(r.confident)) for pair, r in table.iterrows()} == by_hand
+    assert table["errors"].is_monotonic_decreasing and table["share"].sum() == pytest.approx(1.0)
+
+
+def test_confused_pairs_with_names_and_without_errors():
+    table = confused_pairs(["refund", "card", "card"], ["card", "refund", "card"])
+    assert list(table.index) == [("card", "refund")] and int(table["errors"].iloc[0]) == 2
+    assert "confident" not in table
+    assert confused_pairs([1, 2], [1, 2]).empty
+    with pytest.raises(ValueError, match="gold and pred differ in length"):
+        confused_pairs([1, 2], [1])
 
 
 def test_pseudo_label_quality_with_missing_values():

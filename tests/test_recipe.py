@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from sslkit import recipe as rc
 from sslkit import trainer
 from sslkit.adaptation import PoolAdaptation
-from sslkit.recipe import RECIPE, Distillation, Recipe, ablation, distillation_labels, run_recipe, stage_table
+from sslkit.recipe import (RECIPE, Distillation, Recipe, ablation, distillation_labels, error_pairs, error_takeaway,
+                           run_recipe, stage_table)
 
 TINY_ADAPT = PoolAdaptation("simcse", epochs=0.5, batch_size=16)
 
@@ -74,6 +76,17 @@ def test_run_recipe_trains_each_stage_once_and_names_the_last_record(mcid_budget
     table = stage_table(run)
     assert list(table.index) == ["adapt", "semi", "distil"]
     assert table.loc["distil", "accuracy"] == run.test["accuracy"]
+
+    # the errors by pair: the last stage's test errors beside the semi stage's wrong moves
+    pairs = error_pairs(run)
+    preds = run.result.predictions()
+    assert pairs["errors"].sum() == (preds["gold"] != preds["pred"]).sum()
+    moved = pd.read_csv(run.runs["semi"].run_dir / "pseudo_labels.csv", keep_default_na=False)
+    wrong = moved[(moved["gold"] != "") & (moved["gold"] != moved["label"])]
+    in_test_pairs = {tuple(sorted(p)) for p in zip(wrong["gold"], wrong["label"])} & set(pairs.index)
+    assert pairs["wrong_moves"].sum() == sum(tuple(sorted(p)) in in_test_pairs
+                                             for p in zip(wrong["gold"], wrong["label"]))
+    assert f"{pairs['errors'].sum()} test errors" in error_takeaway(pairs)
 
     # the same path again, and the path without the final stage: every record is reused
     monkeypatch.setattr(trainer, "train_epoch", lambda *a, **k: pytest.fail("a finished stage was retrained"))
