@@ -276,8 +276,6 @@ def _reports_env(reports: str | None) -> Iterator[None]:
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     """Train self-training on the labeled rows of a file, write pseudo-labels into its blank rows."""
-    import pandas as pd
-
     from .data import DataError
     from .labelfile import check_label_file, write_pseudo_labels
 
@@ -311,11 +309,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     with _reports_env(args.reports):  # fit() names its run folder under $SSLKIT_REPORTS
         result = sslkit.fit(model, budget, method, epochs=args.epochs, seed=args.seed, device=args.device,
                             progress=args.progress, batch_size=args.batch_size)
-    table = result.run_dir / "pseudo_labels.csv"
-    if table.is_file():
-        pseudo = pd.read_csv(table, dtype=str, keep_default_na=False)
-    else:  # no round accepted any example
-        pseudo = pd.DataFrame(columns=["idx", "id", "text", "label", "confidence", "round"])
+    pseudo = result.pseudo_labels()
     info = write_pseudo_labels(path, pseudo, label_col=args.label_col, id_col=args.id_col,
                                text_col=args.text_col)
     left = state["blank"] - info["written"]

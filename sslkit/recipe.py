@@ -218,14 +218,10 @@ def error_pairs(run: RecipeRun) -> pd.DataFrame:
 
     preds = run.result.predictions()
     table = confused_pairs(preds["gold"], preds["pred"], preds["confidence"])
-    moved_file = run.runs["semi"].run_dir / "pseudo_labels.csv"
-    moved = pd.read_csv(moved_file, keep_default_na=False) if moved_file.exists() else pd.DataFrame()
-    if len(moved) and "gold" in moved:
-        moved = moved[moved["gold"] != ""]
-        wrong = confused_pairs(moved["gold"], moved["label"])["errors"]
-        table["wrong_moves"] = wrong.reindex(table.index).fillna(0).astype(int)
-    else:
-        table["wrong_moves"] = 0
+    moved = run.runs["semi"].pseudo_labels()
+    moved = moved[moved["gold"] != ""]
+    wrong = confused_pairs(moved["gold"], moved["label"])["errors"]
+    table["wrong_moves"] = wrong.reindex(table.index).fillna(0).astype(int)
     return table
 
 

@@ -31,7 +31,7 @@ import torch
 
 from .backbones import Backbone, embed
 from .batches import Pool, TrainingSet, collate_fn, epoch_loader, stream
-from .context import Context, PseudoLabels
+from .context import PSEUDO_COLUMNS, Context, PseudoLabels
 from .data import Budget
 from .devices import resolve_device, resolve_precision
 from .inference import evaluate
@@ -116,6 +116,15 @@ class RunResult:
     def predictions(self) -> pd.DataFrame:
         """Test predictions of the best checkpoint: id, text, gold, pred, confidence."""
         return pd.read_csv(self.run_dir / "predictions.csv", keep_default_na=False)
+
+    def pseudo_labels(self) -> pd.DataFrame:
+        """The pool texts the rounds moved into the labeled set, every cell a string (ids stay as
+        written): idx, id, text, label, confidence, weight, round, epoch and gold ("" where the pool's
+        gold label is unknown). No rows when the run moved none."""
+        table = self.run_dir / "pseudo_labels.csv"
+        if not table.is_file():
+            return pd.DataFrame(columns=PSEUDO_COLUMNS)
+        return pd.read_csv(table, dtype=str, keep_default_na=False)
 
 
 #: fit() keywords per backbone family; the FastText presets take sslkit.backbones.fasttext.train_defaults_for on top.

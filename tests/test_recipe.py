@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from sslkit import recipe as rc
@@ -81,7 +80,8 @@ def test_run_recipe_trains_each_stage_once_and_names_the_last_record(mcid_budget
     pairs = error_pairs(run)
     preds = run.result.predictions()
     assert pairs["errors"].sum() == (preds["gold"] != preds["pred"]).sum()
-    moved = pd.read_csv(run.runs["semi"].run_dir / "pseudo_labels.csv", keep_default_na=False)
+    moved = run.runs["semi"].pseudo_labels()
+    assert len(moved) == run.runs["semi"].summary["n_pseudo_labeled"]
     wrong = moved[(moved["gold"] != "") & (moved["gold"] != moved["label"])]
     in_test_pairs = {tuple(sorted(p)) for p in zip(wrong["gold"], wrong["label"])} & set(pairs.index)
     assert pairs["wrong_moves"].sum() == sum(tuple(sorted(p)) in in_test_pairs

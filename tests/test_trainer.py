@@ -83,6 +83,8 @@ def test_fit_writes_the_run_record_and_reload_reproduces_test_accuracy(budget, t
     preds = pd.read_csv(run_dir / "predictions.csv")
     gold_acc = (preds["gold"] == preds["pred"]).mean()
     assert gold_acc == pytest.approx(summary["test"]["accuracy"])
+    moved = result.pseudo_labels()  # a supervised run moves no pool text
+    assert moved.empty and "gold" in moved.columns and not (run_dir / "pseudo_labels.csv").exists()
 
     reloaded = load_saved_backbone(run_dir / "checkpoint")
     assert reloaded.info.label_names == budget.label_names
