@@ -208,16 +208,20 @@ def stage_table(run: RecipeRun) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("stage")
 
 
+#: The confidence from which error_pairs counts an error as confident (and error_takeaway says so).
+CONFIDENT = 0.9
+
+
 def error_pairs(run: RecipeRun) -> pd.DataFrame:
     """The recipe's test errors by pair of classes (:func:`sslkit.metrics.confused_pairs`, with the
-    count predicted at confidence >= 0.9), beside ``wrong_moves``: the pool texts the semi stage's
+    count predicted at confidence >= :data:`CONFIDENT`), beside ``wrong_moves``: the pool texts the semi stage's
     rounds moved into the labeled set with a label other than their hidden gold one, in the same
     pair. Pool gold labels are read for this diagnosis only (they are in the run's record, never
     given to a method). A pair with both shows the model repeating on test what it taught itself."""
     from .metrics import confused_pairs
 
     preds = run.result.predictions()
-    table = confused_pairs(preds["gold"], preds["pred"], preds["confidence"])
+    table = confused_pairs(preds["gold"], preds["pred"], preds["confidence"], confident=CONFIDENT)
     moved = run.runs["semi"].pseudo_labels()
     moved = moved[moved["gold"] != ""]
     wrong = confused_pairs(moved["gold"], moved["label"])["errors"]
@@ -234,7 +238,7 @@ def error_takeaway(pairs: pd.DataFrame, top: int = 10) -> str:
     in_moved = int(pairs.loc[pairs["wrong_moves"] > 0, "errors"].sum())
     return (f"The recipe makes {errors} test errors over {len(pairs)} pairs of classes; the {min(top, len(pairs))} "
             f"most frequent pairs hold {pairs['errors'].head(top).sum() / errors:.0%} of them. "
-            f"{pairs['confident'].sum() / errors:.0%} come with confidence >= 0.9, so no threshold below that "
+            f"{pairs['confident'].sum() / errors:.0%} come with confidence >= {CONFIDENT:g}, so no threshold below that "
             f"removes them, and {in_moved / errors:.0%} lie in pairs where the rounds also moved pool texts "
             f"with the wrong label: there the model repeats on test what it taught itself, and a person's "
             f"labels are the new information (notebook 08 picks texts for annotation).")
