@@ -13,13 +13,12 @@ texts to label next, and lets a simulated annotator reveal their hidden gold lab
 
 Every training is an ordinary :func:`sslkit.fit` run with ``reuse=True``: the first round (the
 starting labels) is the same run for every strategy, and a rerun of the loop loads its finished
-records instead of training again. A grown budget is an :class:`AnnotatedBudget`, whose
-``describe()`` (hashed into the run id) holds a fingerprint of the labeled texts, so two strategies
-that spend the same number of labels on different texts never share a run.
+records instead of training again. A grown budget is an :class:`AnnotatedBudget`; the run id hashes
+its rows (:meth:`sslkit.data.Budget.data_key`), so two strategies that spend the same number of
+labels on different texts never share a run.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -29,7 +28,7 @@ import pandas as pd
 from .data import Budget, TextDataset
 
 __all__ = ["AnnotatedBudget", "AnnotationRun", "annotation_takeaway", "class_entropy", "final_semi_supervised",
-           "gain_table", "grow_budget", "labeled_key", "pick_summary", "plot_rounds", "round_summary",
+           "gain_table", "grow_budget", "pick_summary", "plot_rounds", "round_summary",
            "run_rounds", "setup_text"]
 
 #: ``make_model(budget, seed=seed)``: a fresh backbone for a run on ``budget``.
@@ -37,24 +36,14 @@ ModelFactory = Callable[..., Any]
 
 
 # --------------------------------------------------------------------------- growing a budget
-def labeled_key(idx: Sequence[int] | np.ndarray) -> str:
-    """A fingerprint of a labeled set (its sorted train idx): equal sets, equal keys."""
-    values = np.sort(np.asarray(idx, dtype=np.int64).reshape(-1))
-    return hashlib.sha1(values.tobytes()).hexdigest()[:12]
-
-
 @dataclass
 class AnnotatedBudget(Budget):
-    """A budget whose labels were bought in rounds. The counts :meth:`Budget.describe` reports do not
-    say which texts are labeled, so :meth:`describe` adds :func:`labeled_key`: the run id changes
-    whenever the labeled set does. ``chosen_by`` names the strategy; the budget tag of the run id
-    carries it (:func:`sslkit.runs.budget_tag`), so every strategy's runs keep their own records."""
+    """A budget whose labels were bought in rounds. ``chosen_by`` names the strategy; the budget tag
+    of the run id carries it (:func:`sslkit.runs.budget_tag`), so every strategy's runs keep their
+    own records."""
 
     chosen_by: str = ""
     rounds: int = 0
-
-    def describe(self) -> dict:
-        return {**super().describe(), "labeled_idx": labeled_key(self.labeled.idx)}
 
 
 def _concat(a: TextDataset, b: TextDataset) -> TextDataset:

@@ -10,6 +10,7 @@ row 2; for JSONL the line number).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -167,7 +168,27 @@ class Budget:
             "seed": self.seed,
             "min_labeled_per_class": int(counts.min()) if len(counts) else 0,
             "max_labeled_per_class": int(counts.max()) if len(counts) else 0,
+            "data": self.data_key(),
         }
+
+    def data_key(self) -> str:
+        """A fingerprint of everything a run reads: the class names and every split's rows (idx,
+        label, text) in idx order, the pool's with its hidden gold. The counts above do not say which
+        texts are labeled or what they say, and a run id hashes :meth:`describe`: without the key, a
+        budget grown by pseudo-labels or bought labels, or a file whose labels were corrected, would
+        share a run id (and a reused record) with another budget of the same sizes."""
+        digest = hashlib.sha1(json.dumps(list(self.label_names)).encode("utf-8"))
+        splits = (("labeled", self.labeled, None), ("unlabeled", self.unlabeled, self.unlabeled_gold),
+                  ("dev", self.dev, None), ("test", self.test, None))
+        for name, ds, labels in splits:
+            digest.update(name.encode("utf-8"))
+            if ds is None:
+                continue
+            order = np.argsort(ds.idx, kind="stable")
+            digest.update(ds.idx[order].tobytes())
+            digest.update(np.asarray(ds.labels if labels is None else labels, dtype=np.int64)[order].tobytes())
+            digest.update(json.dumps([ds.texts[i] for i in order]).encode("utf-8"))
+        return digest.hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- reading files

@@ -11,7 +11,7 @@ import pytest
 
 import sslkit
 from sslkit.annotation import (AnnotatedBudget, annotation_takeaway, class_entropy, gain_table, grow_budget,
-                               labeled_key, pick_summary, round_summary, run_rounds, setup_text)
+                               pick_summary, round_summary, run_rounds, setup_text)
 from sslkit.runs import run_config, run_identity
 from sslkit.trainer import TrainConfig
 
@@ -67,11 +67,10 @@ def test_grow_budget_refuses_bad_positions(start):
 def test_a_different_labeled_set_is_a_different_run(start, make_tiny_model):
     model = make_tiny_model(start)
     a, b = grow_budget(start, [0, 1], fraction=0.2), grow_budget(start, [2, 3], fraction=0.2)
-    assert a.describe()["labeled_idx"] != b.describe()["labeled_idx"]
+    assert a.describe()["data"] != b.describe()["data"]
     assert len({_identity(model, start), _identity(model, a), _identity(model, b)}) == 3
     same = grow_budget(start, [1, 0], fraction=0.2, chosen_by="other")  # same texts, other order and strategy
     assert _identity(model, same) == _identity(model, a)
-    assert labeled_key([3, 1, 2]) == labeled_key(np.array([1, 2, 3]))
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -312,6 +312,35 @@ def test_budget_reproducible_and_seeded():
     assert not np.array_equal(a.labeled.idx, c.labeled.idx)
 
 
+def test_budget_data_key_follows_the_rows_not_their_order():
+    """Two budgets of the same sizes and class counts that label different texts, or the same texts
+    differently, or read another text, get different keys; the same rows in another order do not."""
+    import dataclasses
+
+    b = split_budget(toy(), labeled=0.2, seed=0)
+    key = b.describe()["data"]
+    assert key == split_budget(toy(), labeled=0.2, seed=0).data_key()
+
+    lab = b.labeled
+    swapped = lab.labels.copy()
+    i, j = np.flatnonzero(swapped == 0)[0], np.flatnonzero(swapped == 1)[0]
+    swapped[[i, j]] = swapped[[j, i]]  # same counts per class, two labels exchanged
+    relabeled = dataclasses.replace(b, labeled=dataclasses.replace(lab, labels=swapped))
+    assert relabeled.describe()["min_labeled_per_class"] == b.describe()["min_labeled_per_class"]
+    assert relabeled.data_key() != key
+
+    edited = dataclasses.replace(b, unlabeled=dataclasses.replace(
+        b.unlabeled, texts=["edited"] + b.unlabeled.texts[1:]))
+    assert edited.data_key() != key
+    gold = b.unlabeled_gold.copy()
+    gold[0] = (gold[0] + 1) % 4
+    assert dataclasses.replace(b, unlabeled_gold=gold).data_key() != key
+
+    order = np.arange(len(lab))[::-1]
+    reversed_rows = dataclasses.replace(b, labeled=lab.subset(order))
+    assert reversed_rows.data_key() == key
+
+
 def test_budget_on_builtin():
     data = load_dataset("banking77")
     b = split_budget(data, labeled=0.1, seed=0)
