@@ -106,8 +106,9 @@ class Recipe:
 #: operations or with common-token replacement; both 0.4 below at seed 0, the first 1.2 below at
 #: seed 1), distribution alignment of the weak view (ReMixMatch; +0.07 at seed 0, 1.1 below at
 #: seed 1), a plain average of the weights from epoch 7 on (stochastic weight averaging; never
-#: above the running average on test) or a nearest-neighbour vote over the run's own features at
-#: test time (+0.07).
+#: above the running average on test), rounds that move only texts whose predicted class held since
+#: the previous round (0.7 below; the moved labels end no more precise) or a nearest-neighbour vote
+#: over the run's own features at test time (+0.07).
 #: Half the recipe's test errors lie in pairs of classes its rounds also mislabel (:func:`error_pairs`).
 RECIPE = Recipe(method="fixmatch_ema", train={"epochs": 12}, distil=None, name="recipe")
 
